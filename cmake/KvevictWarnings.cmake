@@ -1,0 +1,16 @@
+# Settings for the project's own targets (tests, benchmarks, examples); never propagated to users.
+add_library(kvevict_dev_settings INTERFACE)
+target_compile_features(kvevict_dev_settings INTERFACE cxx_std_${KVEVICT_CXX_STANDARD})
+if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  target_compile_options(kvevict_dev_settings INTERFACE -Wall -Wextra -Wpedantic -Wshadow -Wconversion
+                                                        -Wsign-conversion -Wnon-virtual-dtor -Wold-style-cast)
+  if(KVEVICT_WERROR)
+    target_compile_options(kvevict_dev_settings INTERFACE -Werror)
+  endif()
+  if(KVEVICT_SANITIZE)
+    target_compile_options(kvevict_dev_settings INTERFACE -fsanitize=address,undefined -fno-sanitize-recover=all
+                                                          -fno-omit-frame-pointer)
+    target_link_options(kvevict_dev_settings INTERFACE -fsanitize=address,undefined -fno-sanitize-recover=all)
+  endif()
+endif()
+set_target_properties(kvevict_dev_settings PROPERTIES INTERFACE_CXX_EXTENSIONS OFF)

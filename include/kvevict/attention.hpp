@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+#ifndef KVEVICT_ATTENTION_HPP
+#define KVEVICT_ATTENTION_HPP
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "error.hpp"
+#include "softmax.hpp"
+
+namespace kvevict {
+
+/// How attention weights are formed. `scale` <= 0 means 1/sqrt(head_dim).
+struct AttentionOptions {
+  Normalization normalization = Normalization::softmax;
+  double scale = 0.0;
+  /// One logit per query head, used with Normalization::sink_logit (as gpt-oss learns them).
+  std::vector<double> sink_logits;
+
+  double scale_for(int head_dim) const { return scale > 0.0 ? scale : 1.0 / std::sqrt(double(head_dim)); }
+};
+
+/// One GQA group's attention over a slot table: the reference kernel the cache runs.
+///
+/// Rows of the group are ordered token-major: row r = t * group + h is query head h of query token t.
+/// Key slot j is visible to query t iff key_pos[j] >= 0 (occupied) and key_pos[j] <= query_pos[t]
+/// (causal). Three passes, each reading its operand once: logits from K, normalisation in place,
+/// weighted sum over V. All query heads of the group are served per key row, so K and V are read once
+/// per group, not once per query head. Allocates nothing.
+template <class Scalar>
+struct GroupAttention {
+  const Scalar* queries;  ///< row (t, h) at queries + t * query_stride + h * head_dim
+  std::ptrdiff_t query_stride;
+  const Scalar* keys;    ///< capacity x head_dim, row-major
+  const Scalar* values;  ///< capacity x head_dim, row-major
+  const std::int64_t* key_pos;
+  const std::int64_t* query_pos;
+  int n_queries, group, capacity, head_dim;
+  Scalar* probs;   ///< (n_queries * group) x capacity: the weights on return
+  Scalar* logits;  ///< same shape, or null: scaled logits (-inf where masked) on return
+  Scalar* out;     ///< row (t, h) at out + t * out_stride + h * head_dim
+  std::ptrdiff_t out_stride;
+};
+
+template <class Scalar>
+void attend_group(const GroupAttention<Scalar>& a, const AttentionOptions& options, int first_q_head = 0) {
+  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+  using ConstRowMap = Eigen::Map<const Row>;
+  constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
+  const Scalar scale = static_cast<Scalar>(options.scale_for(a.head_dim));
+  const int rows = a.n_queries * a.group;
+  const std::ptrdiff_t cap = a.capacity;
+  for (int j = 0; j < a.capacity; ++j) {
+    const std::int64_t kp = a.key_pos[j];
+    const ConstRowMap key(a.keys + j * std::ptrdiff_t(a.head_dim), a.head_dim);
+    for (int t = 0; t < a.n_queries; ++t) {
+      const bool visible = kp >= 0 && kp <= a.query_pos[t];
+      for (int h = 0; h < a.group; ++h) {
+        const std::ptrdiff_t r = t * a.group + h;
+        a.probs[r * cap + j] =
+            visible ? scale * key.dot(ConstRowMap(a.queries + t * a.query_stride + h * a.head_dim, a.head_dim))
+                    : masked;
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    Scalar* row = a.probs + r * cap;
+    if (a.logits) std::copy(row, row + cap, a.logits + r * cap);
+    const int head = first_q_head + r % a.group;
+    const Scalar sink = options.normalization == Normalization::sink_logit
+                            ? static_cast<Scalar>(options.sink_logits[static_cast<std::size_t>(head)])
+                            : Scalar(0);
+    normalize(row, a.capacity, options.normalization, sink);
+  }
+  for (int t = 0; t < a.n_queries; ++t)
+    for (int h = 0; h < a.group; ++h) Eigen::Map<Row>(a.out + t * a.out_stride + h * a.head_dim, a.head_dim).setZero();
+  for (int j = 0; j < a.capacity; ++j) {
+    if (a.key_pos[j] < 0) continue;
+    const ConstRowMap value(a.values + j * std::ptrdiff_t(a.head_dim), a.head_dim);
+    for (int t = 0; t < a.n_queries; ++t)
+      for (int h = 0; h < a.group; ++h) {
+        const Scalar p = a.probs[(t * a.group + h) * cap + j];
+        if (p != Scalar(0)) Eigen::Map<Row>(a.out + t * a.out_stride + h * a.head_dim, a.head_dim) += p * value;
+      }
+  }
+}
+
+/// Attention computed from scratch over whole matrices, for checking and for learners.
+///
+/// @param queries  T x (n_q_heads * head_dim), head h in columns [h * head_dim, (h + 1) * head_dim)
+/// @param keys     N x (n_kv_heads * head_dim), already rotated as the caller wants
+/// @param values   N x (n_kv_heads * head_dim)
+/// @param query_pos, key_pos  positions for the causal mask (key visible iff key_pos <= query_pos)
+/// @return T x (n_q_heads * head_dim)
+template <class Scalar>
+Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> attention(
+    const Eigen::Ref<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>& queries,
+    const Eigen::Ref<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>& keys,
+    const Eigen::Ref<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>& values,
+    const std::vector<std::int64_t>& query_pos, const std::vector<std::int64_t>& key_pos, int n_q_heads, int n_kv_heads,
+    const AttentionOptions& options = {}) {
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  KVEVICT_REQUIRE(n_kv_heads > 0 && n_q_heads % n_kv_heads == 0, "n_kv_heads",
+                  "a positive divisor of n_q_heads = " + std::to_string(n_q_heads), n_kv_heads);
+  KVEVICT_REQUIRE(queries.cols() % n_q_heads == 0, "queries.cols()", "a multiple of n_q_heads", queries.cols());
+  const int d = static_cast<int>(queries.cols() / n_q_heads);
+  const int group = n_q_heads / n_kv_heads;
+  KVEVICT_REQUIRE(keys.cols() == Eigen::Index(n_kv_heads) * d, "keys.cols()",
+                  "n_kv_heads * head_dim = " + std::to_string(n_kv_heads * d), keys.cols());
+  KVEVICT_REQUIRE(values.rows() == keys.rows() && values.cols() == keys.cols(), "values", "the shape of keys",
+                  std::to_string(values.rows()) + "x" + std::to_string(values.cols()));
+  KVEVICT_REQUIRE(query_pos.size() == std::size_t(queries.rows()), "query_pos.size()", "queries.rows()",
+                  query_pos.size());
+  KVEVICT_REQUIRE(key_pos.size() == std::size_t(keys.rows()), "key_pos.size()", "keys.rows()", key_pos.size());
+  KVEVICT_REQUIRE(
+      options.normalization != Normalization::sink_logit || options.sink_logits.size() == std::size_t(n_q_heads),
+      "sink_logits.size()", "n_q_heads = " + std::to_string(n_q_heads), options.sink_logits.size());
+  const int n = static_cast<int>(keys.rows()), t_count = static_cast<int>(queries.rows());
+  Matrix out(t_count, queries.cols());
+  Matrix probs(std::ptrdiff_t(t_count) * group, n);
+  for (int kv = 0; kv < n_kv_heads; ++kv) {
+    Matrix k = keys.middleCols(Eigen::Index(kv) * d, d), v = values.middleCols(Eigen::Index(kv) * d, d);
+    GroupAttention<Scalar> a{queries.data() + std::ptrdiff_t(kv) * group * d,
+                             queries.outerStride(),
+                             k.data(),
+                             v.data(),
+                             key_pos.data(),
+                             query_pos.data(),
+                             t_count,
+                             group,
+                             n,
+                             d,
+                             probs.data(),
+                             nullptr,
+                             out.data() + std::ptrdiff_t(kv) * group * d,
+                             out.outerStride()};
+    attend_group(a, options, kv * group);
+  }
+  return out;
+}
+
+}  // namespace kvevict
+
+#endif  // KVEVICT_ATTENTION_HPP

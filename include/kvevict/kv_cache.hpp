@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: Apache-2.0
+#ifndef KVEVICT_KV_CACHE_HPP
+#define KVEVICT_KV_CACHE_HPP
+
+#include <Eigen/Core>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attention.hpp"
+#include "error.hpp"
+#include "evictor.hpp"
+#include "policy.hpp"
+#include "rope.hpp"
+#include "shape.hpp"
+
+namespace kvevict {
+
+/// Settings of a cache beyond its shape.
+struct CacheOptions {
+  int max_chunk = 64;          ///< most tokens one append() may add (prefill chunk); decode appends 1
+  AttentionOptions attention;  ///< normalisation, scale, sink logits
+  Rope rope;                   ///< RoPE applied by the cache to appended keys and to queries; none by default
+  bool check_finite = false;   ///< reject NaN/Inf in appended keys/values and in queries
+};
+
+/// A KV cache that owns its K/V and evicts through `Policy`.
+///
+/// Per (layer, kv head) K and V are row-major `capacity x head_dim` blocks, one row per slot, with
+/// capacity = budget + max_chunk. A step appends a chunk, attends it over everything held, then evicts back
+/// to the budget; an evicted slot is reused by the next token, so eviction costs O(head_dim) per token and
+/// nothing is ever compacted. Once constructed the cache allocates nothing.
+///
+/// Matrices passed in hold one token per row and heads side by side: keys/values are
+/// T x (n_kv_heads * head_dim), queries/out are T x (n_q_heads * head_dim). With a Rope in the options, keys
+/// and queries are passed unrotated and the cache rotates them at the positions the policy implies.
+/// Every member that takes input validates it all before changing anything: on InvalidArgument the cache
+/// is exactly as it was.
+/// @tparam Scalar float or double
+/// @tparam Policy an eviction policy (see policy.hpp)
+template <class Scalar, class Policy>
+class KVCache {
+  KVEVICT_CHECK_POLICY(Policy);
+  static_assert(std::is_floating_point_v<Scalar>, "kvevict: KVCache Scalar must be float or double");
+
+ public:
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ConstRef = Eigen::Ref<const Matrix>;
+  using Ref = Eigen::Ref<Matrix>;
+  using policy_type = Policy;
+  using scalar_type = Scalar;
+
+  /// @throws InvalidArgument for a bad shape or option, or one the policy rejects.
+  explicit KVCache(const Shape& shape, const Policy& policy = Policy{}, const CacheOptions& options = {})
+      : shape_(validated(shape, options)), options_(options), capacity_(shape.budget + options.max_chunk) {
+    const int group = shape_.group_size();
+    const std::size_t heads = std::size_t(shape_.n_layers) * std::size_t(shape_.n_kv_heads);
+    heads_.reserve(heads);
+    keys_.reserve(heads);
+    values_.reserve(heads);
+    for (int layer = 0; layer < shape_.n_layers; ++layer)
+      for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+        heads_.emplace_back(policy,
+                            HeadContext{layer, kv, shape_.n_layers, shape_.budget, capacity_, shape_.head_dim, group});
+        keys_.emplace_back(Matrix::Zero(capacity_, shape_.head_dim));
+        values_.emplace_back(Matrix::Zero(capacity_, shape_.head_dim));
+      }
+    queries_.resize(options_.max_chunk, std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim);
+    probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, capacity_);
+    if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());
+    query_pos_.resize(std::size_t(options_.max_chunk));
+    n_seen_.assign(std::size_t(shape_.n_layers), 0);
+    chunk_.assign(std::size_t(shape_.n_layers), 0);
+  }
+
+  const Shape& shape() const { return shape_; }
+  const CacheOptions& options() const { return options_; }
+  int capacity() const { return capacity_; }
+  /// Tokens appended to `layer` so far; the next one gets this position.
+  std::int64_t n_seen(int layer) const { return n_seen_[std::size_t(layer)]; }
+  /// Tokens held by (layer, kv_head).
+  int size(int layer, int kv_head) const { return head(layer, kv_head).size(); }
+  const Evictor<Policy>& head(int layer, int kv_head) const { return heads_[index(layer, kv_head)]; }
+  /// All `capacity()` key rows of (layer, kv_head); rows of free slots are stale.
+  const Matrix& keys(int layer, int kv_head) const { return keys_[index(layer, kv_head)]; }
+  const Matrix& values(int layer, int kv_head) const { return values_[index(layer, kv_head)]; }
+
+  /// One model step for one layer: append the chunk's keys and values, attend its queries over everything
+  /// held, evict back to the budget. The usual call of an engine.
+  void forward(int layer, const ConstRef& queries, const ConstRef& keys, const ConstRef& values, Ref out) {
+    check_append(layer, keys, values);
+    check_attend(layer, queries, out, keys.rows());
+    append(layer, keys, values);
+    attend(layer, queries, out);
+    evict(layer);
+  }
+
+  /// Stores T tokens at positions n_seen(layer) ... n_seen(layer) + T - 1.
+  void append(int layer, const ConstRef& keys, const ConstRef& values) {
+    check_append(layer, keys, values);
+    const int d = shape_.head_dim;
+    const auto t_count = static_cast<int>(keys.rows());
+    const std::int64_t first = n_seen_[std::size_t(layer)];
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+      Evictor<Policy>& h = heads_[index(layer, kv)];
+      Matrix& k = keys_[index(layer, kv)];
+      Matrix& v = values_[index(layer, kv)];
+      for (int t = 0; t < t_count; ++t) {
+        const int slot = h.next_free_slot();
+        k.row(slot) = keys.row(t).segment(std::ptrdiff_t(kv) * d, d);
+        v.row(slot) = values.row(t).segment(std::ptrdiff_t(kv) * d, d);
+        if (options_.rope.enabled()) options_.rope.rotate(k.row(slot).data(), first + t);
+        h.admit(first + t, k.row(slot).data(), v.row(slot).data());
+      }
+    }
+    n_seen_[std::size_t(layer)] = first + t_count;
+    chunk_[std::size_t(layer)] = t_count;
+  }
+
+  /// Attends the queries of the chunk appended last to `layer` over everything the layer holds, and shows
+  /// the weights to the policy. @pre queries.rows() equals the rows of the last append
+  void attend(int layer, const ConstRef& queries, Ref out) {
+    check_layer(layer);
+    check_attend(layer, queries, out, chunk_[std::size_t(layer)]);
+    const int d = shape_.head_dim, group = shape_.group_size();
+    const auto t_count = static_cast<int>(queries.rows());
+    const std::int64_t first = n_seen_[std::size_t(layer)] - t_count;
+    auto q = queries_.topRows(t_count);
+    q = queries;
+    for (int t = 0; t < t_count; ++t) {
+      query_pos_[std::size_t(t)] = first + t;
+      if (options_.rope.enabled())
+        for (int h = 0; h < shape_.n_q_heads; ++h)
+          options_.rope.rotate(q.row(t).data() + std::ptrdiff_t(h) * d, first + t);
+    }
+    Scalar* logits = policy_traits<Policy>::needs_logits ? logits_.data() : nullptr;
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+      Evictor<Policy>& h = heads_[index(layer, kv)];
+      const std::ptrdiff_t head_offset = std::ptrdiff_t(kv) * group * d;
+      attend_group(GroupAttention<Scalar>{q.data() + head_offset, queries_.outerStride(),
+                                          keys_[index(layer, kv)].data(), values_[index(layer, kv)].data(),
+                                          h.slots().positions(), query_pos_.data(), t_count, group, capacity_, d,
+                                          probs_.data(), logits, out.data() + head_offset, out.outerStride()},
+                   options_.attention, kv * group);
+      h.observe(AttentionView<Scalar>{probs_.data(), logits, options_.attention.scale_for(d), query_pos_.data(),
+                                      t_count, group, h.view()});
+    }
+  }
+
+  /// Evicts every head of `layer` back to the budget.
+  void evict(int layer) {
+    check_layer(layer);
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+      Evictor<Policy>& h = heads_[index(layer, kv)];
+      Matrix& k = keys_[index(layer, kv)];
+      while (h.over_budget()) {
+        const auto eviction = h.evict_one();
+        if (options_.rope.enabled())
+          for (int i = 0; i < eviction.n_shifted; ++i) options_.rope.rotate(k.row(h.shifted_slot(i)).data(), 1);
+      }
+    }
+  }
+
+ private:
+  static const Shape& validated(const Shape& shape, const CacheOptions& options) {
+    shape.validate();
+    KVEVICT_REQUIRE(options.max_chunk > 0, "max_chunk", "> 0", options.max_chunk);
+    KVEVICT_REQUIRE(!options.rope.enabled() || options.rope.head_dim() == shape.head_dim, "rope.head_dim",
+                    "shape.head_dim = " + std::to_string(shape.head_dim), options.rope.head_dim());
+    KVEVICT_REQUIRE(options.attention.normalization != Normalization::sink_logit ||
+                        options.attention.sink_logits.size() == std::size_t(shape.n_q_heads),
+                    "attention.sink_logits.size()", "n_q_heads = " + std::to_string(shape.n_q_heads),
+                    options.attention.sink_logits.size());
+    return shape;
+  }
+
+  std::size_t index(int layer, int kv_head) const {
+    return std::size_t(layer) * std::size_t(shape_.n_kv_heads) + std::size_t(kv_head);
+  }
+
+  void check_layer(int layer) const {
+    KVEVICT_REQUIRE(layer >= 0 && layer < shape_.n_layers, "layer",
+                    "in [0, n_layers = " + std::to_string(shape_.n_layers) + ")", layer);
+  }
+
+  static std::string dims(const ConstRef& m) { return std::to_string(m.rows()) + "x" + std::to_string(m.cols()); }
+
+  void check_finite(const ConstRef& m, const char* name) const {
+    if (!options_.check_finite || m.allFinite()) return;
+    detail::fail(name, "finite values (check_finite is on)", "NaN or Inf");
+  }
+
+  void check_append(int layer, const ConstRef& keys, const ConstRef& values) const {
+    check_layer(layer);
+    const std::ptrdiff_t width = std::ptrdiff_t(shape_.n_kv_heads) * shape_.head_dim;
+    KVEVICT_REQUIRE(keys.rows() >= 1 && keys.rows() <= options_.max_chunk, "keys.rows()",
+                    "in [1, max_chunk = " + std::to_string(options_.max_chunk) + "]", keys.rows());
+    KVEVICT_REQUIRE(keys.cols() == width, "keys.cols()", "n_kv_heads * head_dim = " + std::to_string(width),
+                    keys.cols());
+    KVEVICT_REQUIRE(values.rows() == keys.rows() && values.cols() == width, "values",
+                    "the shape of keys, " + dims(keys), dims(values));
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+      const int room = capacity_ - size(layer, kv);
+      KVEVICT_REQUIRE(keys.rows() <= room, "keys.rows()",
+                      "<= free slots = " + std::to_string(room) + " (call evict() between appends)", keys.rows());
+      if (!policy_traits<Policy>::evicts)
+        KVEVICT_REQUIRE(
+            size(layer, kv) + keys.rows() <= shape_.budget, "budget",
+            ">= " + std::to_string(size(layer, kv) + keys.rows()) + " tokens for a policy that never evicts",
+            shape_.budget);
+    }
+    check_finite(keys, "keys");
+    check_finite(values, "values");
+  }
+
+  void check_attend(int layer, const ConstRef& queries, const Ref& out, std::ptrdiff_t chunk) const {
+    check_layer(layer);
+    const std::ptrdiff_t width = std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim;
+    KVEVICT_REQUIRE(queries.rows() == chunk && chunk > 0, "queries.rows()",
+                    "the rows of the last append = " + std::to_string(chunk), queries.rows());
+    KVEVICT_REQUIRE(queries.cols() == width, "queries.cols()", "n_q_heads * head_dim = " + std::to_string(width),
+                    queries.cols());
+    KVEVICT_REQUIRE(out.rows() == queries.rows() && out.cols() == width, "out",
+                    "the shape of queries, " + dims(queries),
+                    std::to_string(out.rows()) + "x" + std::to_string(out.cols()));
+    check_finite(queries, "queries");
+  }
+
+  Shape shape_;
+  CacheOptions options_;
+  int capacity_;
+  std::vector<Evictor<Policy>> heads_;
+  std::vector<Matrix> keys_, values_;
+  Matrix queries_, probs_, logits_;
+  std::vector<std::int64_t> query_pos_;
+  std::vector<std::int64_t> n_seen_;
+  std::vector<int> chunk_;
+};
+
+}  // namespace kvevict
+
+#endif  // KVEVICT_KV_CACHE_HPP

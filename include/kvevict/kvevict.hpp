@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: Apache-2.0
+#ifndef KVEVICT_KVEVICT_HPP
+#define KVEVICT_KVEVICT_HPP
+
+/// @file
+/// Everything kvevict offers. Include a single header instead to compile less.
+
+#include "attention.hpp"
+#include "caches.hpp"
+#include "error.hpp"
+#include "evictor.hpp"
+#include "kv_cache.hpp"
+#include "policies/dense.hpp"
+#include "policies/streaming_llm.hpp"
+#include "policies/window.hpp"
+#include "policy.hpp"
+#include "rope.hpp"
+#include "shape.hpp"
+#include "slots.hpp"
+#include "softmax.hpp"
+#include "version.hpp"
+
+#endif  // KVEVICT_KVEVICT_HPP

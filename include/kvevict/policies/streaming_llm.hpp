@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: Apache-2.0
+#ifndef KVEVICT_POLICIES_STREAMING_LLM_HPP
+#define KVEVICT_POLICIES_STREAMING_LLM_HPP
+
+/// @file
+/// StreamingLLM: "Efficient Streaming Language Models with Attention Sinks", Xiao et al., arXiv 2309.17453.
+///
+/// Keep the first `sinks` tokens (4 by default) and the most recent `budget - sinks`. Models dump attention
+/// mass on the first tokens whatever they say; keeping them is what stops window attention from collapsing.
+/// Positions are those within the cache (the paper's pos_shift): the query sits at rank `sinks + window`,
+/// so recent tokens keep their distances to it and only the sinks move one step closer when a token
+/// leaves. The cache re-rotates the sink rows alone. Cost per step: O(1) bookkeeping, plus
+/// O(sinks x head_dim) re-rotation once the cache is full.
+
+#include <cstdint>
+#include <string>
+
+#include "../detail/ring.hpp"
+#include "../error.hpp"
+#include "../policy.hpp"
+
+namespace kvevict {
+
+/// Attention sinks plus a recent window, at positions within the cache.
+struct StreamingLLM {
+  static constexpr PositionMode position_mode = PositionMode::in_cache;
+
+  int sinks = 4;  ///< initial tokens kept for good
+
+  StreamingLLM() = default;
+  explicit StreamingLLM(int n_sinks) : sinks(n_sinks) {}
+
+  /// @throws InvalidArgument unless 0 <= sinks < budget.
+  void init(const HeadContext& context) {
+    KVEVICT_REQUIRE(sinks >= 0, "sinks", ">= 0", sinks);
+    KVEVICT_REQUIRE(context.budget >= sinks + 1, "budget", ">= sinks + 1 = " + std::to_string(sinks + 1),
+                    context.budget);
+    window_ = context.budget - sinks;
+    fifo_ = detail::Ring<int>(context.capacity);
+  }
+  template <class Scalar>
+  void on_append(const TokenView<Scalar>& token) {
+    if (token.position >= sinks) fifo_.push_back(token.slot);
+  }
+  int select(const SlotView&) { return fifo_.pop_front(); }
+  bool protects(std::int64_t position, std::int64_t newest) const {
+    return position < sinks || position > newest - window_;
+  }
+
+ private:
+  int window_ = 0;
+  detail::Ring<int> fifo_;  // non-sink slots, oldest first
+};
+
+}  // namespace kvevict
+
+#endif  // KVEVICT_POLICIES_STREAMING_LLM_HPP

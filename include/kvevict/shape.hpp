@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: Apache-2.0
+#ifndef KVEVICT_SHAPE_HPP
+#define KVEVICT_SHAPE_HPP
+
+#include <string>
+
+#include "error.hpp"
+
+namespace kvevict {
+
+/// The geometry of a cache: how many layers and heads, how wide a head, and how many tokens each
+/// (layer, kv head) keeps between steps. MHA has n_kv_heads == n_q_heads, MQA has n_kv_heads == 1,
+/// GQA anything in between that divides n_q_heads.
+struct Shape {
+  int n_layers = 1;
+  int n_q_heads = 1;
+  int n_kv_heads = 1;
+  int head_dim = 64;
+  int budget = 256;  ///< tokens kept per (layer, kv head) after every step
+
+  /// Query heads that share one kv head.
+  int group_size() const { return n_q_heads / n_kv_heads; }
+
+  /// @throws InvalidArgument naming the first field that is out of range.
+  void validate() const {
+    KVEVICT_REQUIRE(n_layers > 0, "n_layers", "> 0", n_layers);
+    KVEVICT_REQUIRE(n_q_heads > 0, "n_q_heads", "> 0", n_q_heads);
+    KVEVICT_REQUIRE(n_kv_heads > 0, "n_kv_heads", "> 0", n_kv_heads);
+    KVEVICT_REQUIRE(n_q_heads % n_kv_heads == 0, "n_kv_heads", "a divisor of n_q_heads = " + std::to_string(n_q_heads),
+                    n_kv_heads);
+    KVEVICT_REQUIRE(head_dim > 0, "head_dim", "> 0", head_dim);
+    KVEVICT_REQUIRE(budget > 0, "budget", "> 0", budget);
+  }
+};
+
+}  // namespace kvevict
+
+#endif  // KVEVICT_SHAPE_HPP

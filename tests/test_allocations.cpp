@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: Apache-2.0
+// Once the cache is full, decoding allocates nothing: counted with a replaced global operator new.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "cache_testing.hpp"
+#include "policies_under_test.hpp"
+
+namespace {
+std::atomic<long> g_allocations{0};
+}
+
+// The replacements pair malloc with free; GCC cannot see that operator new is replaced too.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+void* operator new(std::size_t size) {
+  ++g_allocations;
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t size) { return operator new(size); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+template <class Policy>
+class SteadyState : public ::testing::Test {};
+TYPED_TEST_SUITE(SteadyState, testing_support::AllPolicies);
+
+TYPED_TEST(SteadyState, ThousandDecodeStepsAllocateNothing) {
+  using Cache = kvevict::KVCache<float, TypeParam>;
+  constexpr int kSteps = 1000, kFill = 64;
+  const bool evicts = kvevict::policy_traits<TypeParam>::evicts;
+  const kvevict::Shape s{2, 6, 2, 16, evicts ? kFill : kFill + kSteps};
+  kvevict::CacheOptions o;
+  o.max_chunk = 8;
+  o.rope = kvevict::Rope(s.head_dim, 10000.0);
+  Cache cache(s, testing_support::make_policy<TypeParam>(), o);
+  const testing_support::Stream<float> stream(s, kFill + kSteps, 6);
+  typename Cache::Matrix out(8, s.n_q_heads * s.head_dim);
+  auto step = [&](int t, int chunk) {
+    for (int l = 0; l < s.n_layers; ++l)
+      cache.forward(l, stream.q[std::size_t(l)].middleRows(t, chunk), stream.k[std::size_t(l)].middleRows(t, chunk),
+                    stream.v[std::size_t(l)].middleRows(t, chunk), out.topRows(chunk));
+  };
+  for (int t = 0; t < kFill; t += 8) step(t, 8);
+  const long before = g_allocations.load();
+  for (int t = kFill; t < kFill + kSteps; ++t) step(t, 1);
+  const long made = g_allocations.load() - before;
+  EXPECT_EQ(made, 0) << "heap allocations in " << kSteps << " steady-state steps";
+  EXPECT_EQ(cache.size(0, 0), evicts ? kFill : kFill + kSteps);
+}
+}  // namespace
+
+namespace {
+TEST(AllocationCounter, CountsAllocations) {
+  const long before = g_allocations.load();
+  std::vector<int> v(10);
+  EXPECT_GT(g_allocations.load() - before, 0) << "the counter would miss allocations";
+}
+}  // namespace

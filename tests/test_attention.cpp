@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <gtest/gtest.h>
+
+#include <kvevict/attention.hpp>
+#include <kvevict/error.hpp>
+#include <random>
+#include <vector>
+
+#include "reference.hpp"
+
+namespace {
+using kvevict::Normalization;
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct Case {
+  int n_q_heads, n_kv_heads, head_dim, n_queries, n_keys;
+};
+
+class AttentionTest : public ::testing::TestWithParam<std::tuple<Case, Normalization>> {};
+
+ref::Vec head_row(const Matrix& m, int row, int head, int d) {
+  ref::Vec v(static_cast<std::size_t>(d));
+  for (int i = 0; i < d; ++i) v[std::size_t(i)] = double(m(row, head * d + i));
+  return v;
+}
+
+TEST_P(AttentionTest, MatchesNaiveDoubleReference) {
+  const auto [c, kind] = GetParam();
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  auto random = [&](int rows, int cols) {
+    Matrix m(rows, cols);
+    for (int i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
+    return m;
+  };
+  const Matrix q = random(c.n_queries, c.n_q_heads * c.head_dim);
+  const Matrix k = random(c.n_keys, c.n_kv_heads * c.head_dim);
+  const Matrix v = random(c.n_keys, c.n_kv_heads * c.head_dim);
+  // Keys at 0..N-1; the queries are the last T of them, so early queries see fewer keys.
+  std::vector<std::int64_t> key_pos, query_pos;
+  for (int j = 0; j < c.n_keys; ++j) key_pos.push_back(j);
+  for (int t = 0; t < c.n_queries; ++t) query_pos.push_back(c.n_keys - c.n_queries + t);
+  kvevict::AttentionOptions options;
+  options.normalization = kind;
+  for (int h = 0; h < c.n_q_heads; ++h) options.sink_logits.push_back(0.25 * h - 0.5);
+
+  const Matrix out = kvevict::attention<float>(q, k, v, query_pos, key_pos, c.n_q_heads, c.n_kv_heads, options);
+
+  const int group = c.n_q_heads / c.n_kv_heads;
+  const double scale = 1.0 / std::sqrt(double(c.head_dim));
+  for (int t = 0; t < c.n_queries; ++t)
+    for (int h = 0; h < c.n_q_heads; ++h) {
+      std::vector<ref::Vec> keys, values;
+      for (int j = 0; j <= query_pos[std::size_t(t)]; ++j) {
+        keys.push_back(head_row(k, j, h / group, c.head_dim));
+        values.push_back(head_row(v, j, h / group, c.head_dim));
+      }
+      const ref::Vec expected =
+          ref::attention(head_row(q, t, h, c.head_dim), keys, values, scale, kind, options.sink_logits[std::size_t(h)]);
+      for (int i = 0; i < c.head_dim; ++i)
+        EXPECT_NEAR(out(t, h * c.head_dim + i), expected[std::size_t(i)],
+                    2e-6 * (1 + std::abs(expected[std::size_t(i)])))
+            << "query " << t << " head " << h;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
+                         ::testing::Combine(::testing::Values(Case{4, 4, 16, 3, 9},    // MHA
+                                                              Case{6, 2, 32, 5, 40},   // GQA
+                                                              Case{8, 1, 64, 1, 300},  // MQA, decode
+                                                              Case{9, 3, 64, 7, 7}),   // SmolLM2's grouping, prefill
+                                            ::testing::Values(Normalization::softmax, Normalization::off_by_one,
+                                                              Normalization::sink_logit)));
+
+TEST(Attention, FullyMaskedQueryGivesZerosWithOffByOne) {
+  Matrix q = Matrix::Ones(1, 4), k = Matrix::Ones(2, 4), v = Matrix::Ones(2, 4);
+  kvevict::AttentionOptions options;
+  options.normalization = Normalization::off_by_one;
+  const Matrix out = kvevict::attention<float>(q, k, v, {0}, {5, 6}, 1, 1, options);  // both keys in the future
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(out(0, i), 0.0f);
+}
+
+TEST(Attention, HugeLogitsStayFinite) {
+  Matrix q = Matrix::Constant(1, 4, 100.0f), k(2, 4), v = Matrix::Ones(2, 4);
+  k.row(0).setConstant(100.0f);   // logit +1e4 * 2
+  k.row(1).setConstant(-100.0f);  // logit -1e4 * 2
+  for (auto kind : {Normalization::softmax, Normalization::off_by_one}) {
+    kvevict::AttentionOptions options;
+    options.normalization = kind;
+    const Matrix out = kvevict::attention<float>(q, k, v, {1}, {0, 1}, 1, 1, options);
+    EXPECT_TRUE(out.allFinite());
+    EXPECT_NEAR(out(0, 0), 1.0f, 1e-6f);
+  }
+}
+
+TEST(Attention, RejectsMismatchedShapesNamingTheParameter) {
+  Matrix q(1, 8), k(3, 8), v(2, 8);
+  try {
+    kvevict::attention<float>(q, k, v, {2}, {0, 1, 2}, 2, 2);
+    FAIL();
+  } catch (const kvevict::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("values"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(kvevict::attention<float>(q, k, k, {2}, {0, 1, 2}, 2, 3), kvevict::InvalidArgument);
+}
+}  // namespace

@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <kvevict/kvevict.hpp>
+#include <limits>
+#include <set>
+
+#include "cache_testing.hpp"
+#include "reference.hpp"
+
+namespace {
+using kvevict::CacheOptions;
+using kvevict::InvalidArgument;
+using kvevict::Shape;
+using testing_support::Snapshot;
+using testing_support::Stream;
+using MatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+ref::Vec head_row(const MatrixF& m, int row, int head, int d) {
+  ref::Vec v(static_cast<std::size_t>(d));
+  for (int i = 0; i < d; ++i) v[std::size_t(i)] = double(m(row, head * d + i));
+  return v;
+}
+
+double relative_error(double got, double expected) { return std::abs(got - expected) / (1.0 + std::abs(expected)); }
+
+// ---- Dense through the cache equals attention from scratch over every token -------------------------
+
+class DenseFromScratch : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(DenseFromScratch, DecodeAndChunkedPrefillMatch) {
+  const Shape shape = GetParam();
+  const int n_tokens = shape.budget;
+  const Stream<float> stream(shape, n_tokens, 5);
+  CacheOptions options;
+  options.max_chunk = 8;
+  options.rope = kvevict::Rope(shape.head_dim, 10000.0);
+  kvevict::DenseCache cache(shape, {}, options);
+  for (int layer = 0; layer < shape.n_layers; ++layer) {
+    // Prefill 11 tokens in chunks of 8 and 3, then decode one at a time.
+    int t = 0;
+    while (t < n_tokens) {
+      const int chunk = t == 0 ? 8 : (t == 8 ? 3 : 1);
+      MatrixF out(chunk, stream.q[std::size_t(layer)].cols());
+      cache.forward(layer, stream.q[std::size_t(layer)].middleRows(t, chunk),
+                    stream.k[std::size_t(layer)].middleRows(t, chunk),
+                    stream.v[std::size_t(layer)].middleRows(t, chunk), out);
+      // From scratch: rotate everything at its position, attend causally over all tokens so far.
+      MatrixF q = stream.q[std::size_t(layer)].topRows(t + chunk), k = stream.k[std::size_t(layer)].topRows(t + chunk);
+      for (int i = 0; i < t + chunk; ++i) {
+        for (int h = 0; h < shape.n_q_heads; ++h) options.rope.rotate(q.row(i).data() + h * shape.head_dim, i);
+        for (int h = 0; h < shape.n_kv_heads; ++h) options.rope.rotate(k.row(i).data() + h * shape.head_dim, i);
+      }
+      std::vector<std::int64_t> pos(std::size_t(t + chunk));
+      for (std::size_t i = 0; i < pos.size(); ++i) pos[i] = std::int64_t(i);
+      const MatrixF all = kvevict::attention<float>(q, k, stream.v[std::size_t(layer)].topRows(t + chunk), pos, pos,
+                                                    shape.n_q_heads, shape.n_kv_heads);
+      for (int r = 0; r < chunk; ++r)
+        for (int c = 0; c < out.cols(); ++c)
+          ASSERT_LE(relative_error(out(r, c), all(t + r, c)), 1e-6) << "token " << t + r << " col " << c;
+      t += chunk;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(MhaGqaMqa, DenseFromScratch,
+                         ::testing::Values(Shape{2, 4, 4, 16, 40}, Shape{2, 6, 2, 32, 40}, Shape{1, 8, 1, 64, 40},
+                                           Shape{1, 9, 3, 64, 24}));
+
+// ---- StreamingLLM equals from-scratch attention over the kept tokens at their in-cache positions --------
+
+class StreamingFromScratch : public ::testing::TestWithParam<kvevict::RopeLayout> {};
+
+TEST_P(StreamingFromScratch, EveryStepOverFiveTimesTheBudget) {
+  const Shape shape{1, 4, 2, 16, 12};
+  const int sinks = 4, window = shape.budget - sinks, n_tokens = 5 * shape.budget;
+  const Stream<float> stream(shape, n_tokens, 9);
+  CacheOptions options;
+  options.max_chunk = 1;
+  options.rope = kvevict::Rope(shape.head_dim, 10000.0, GetParam());
+  kvevict::StreamingCache cache(shape, kvevict::StreamingLLM{sinks}, options);
+  const int group = shape.group_size(), d = shape.head_dim;
+  for (int t = 0; t < n_tokens; ++t) {
+    MatrixF out(1, shape.n_q_heads * d);
+    cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+    // What the query saw: the sinks and the window before it, then itself, at ranks 0, 1, 2, ...
+    std::vector<int> seen;
+    for (int p = 0; p <= t; ++p)
+      if (p < sinks || p >= t - window) seen.push_back(p);
+    for (int h = 0; h < shape.n_q_heads; ++h) {
+      std::vector<ref::Vec> keys, values;
+      for (std::size_t rank = 0; rank < seen.size(); ++rank) {
+        keys.push_back(ref::rope(head_row(stream.k[0], seen[rank], h / group, d), double(rank), 10000.0, GetParam()));
+        values.push_back(head_row(stream.v[0], seen[rank], h / group, d));
+      }
+      const ref::Vec q = ref::rope(head_row(stream.q[0], t, h, d), double(seen.size() - 1), 10000.0, GetParam());
+      const ref::Vec expected =
+          ref::attention(q, keys, values, 1.0 / std::sqrt(double(d)), kvevict::Normalization::softmax);
+      for (int i = 0; i < d; ++i)
+        ASSERT_LE(relative_error(out(0, h * d + i), expected[std::size_t(i)]), 1e-5) << "step " << t << " head " << h;
+    }
+    // Kept afterwards: the sinks and the last `window` tokens.
+    std::set<std::int64_t> kept;
+    for (int s = 0; s < cache.capacity(); ++s)
+      if (cache.head(0, 0).slots().occupied(s)) kept.insert(cache.head(0, 0).slots().position(s));
+    std::set<std::int64_t> expected_kept;
+    for (int p = 0; p <= t; ++p)
+      if (p < sinks || p > t - window) expected_kept.insert(p);
+    ASSERT_EQ(kept, expected_kept) << "step " << t;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BothLayouts, StreamingFromScratch,
+                         ::testing::Values(kvevict::RopeLayout::adjacent, kvevict::RopeLayout::half_split));
+
+TEST(StreamingLLM, OnlySinkRowsAreReRotated) {
+  const Shape shape{1, 2, 1, 8, 10};
+  CacheOptions options;
+  options.max_chunk = 1;
+  options.rope = kvevict::Rope(8);
+  kvevict::StreamingCache cache(shape, kvevict::StreamingLLM{3}, options);
+  const Stream<float> stream(shape, 40, 2);
+  MatrixF out(1, 16);
+  for (int t = 0; t < 40; ++t) cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+  const auto& slots = cache.head(0, 0).slots();
+  for (int s = 0; s < slots.capacity(); ++s) {
+    if (!slots.occupied(s)) continue;
+    const std::int64_t p = slots.position(s);
+    // 30 tokens have left; each sink moved 30 positions closer, the window kept its own positions.
+    EXPECT_EQ(slots.rotated_at(s), p < 3 ? p + 30 : p) << "position " << p;
+  }
+}
+
+// ---- Bad input: a clear error naming the parameter, and the cache exactly as it was -----------------------
+
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(BadInput, ShapeErrorsNameTheParameter) {
+  EXPECT_NE(error_of([] { kvevict::DenseCache c(Shape{1, 6, 4, 8, 8}); }).find("n_kv_heads"), std::string::npos);
+  EXPECT_NE(error_of([] { kvevict::DenseCache c(Shape{0, 1, 1, 8, 8}); }).find("n_layers"), std::string::npos);
+  EXPECT_NE(error_of([] { kvevict::DenseCache c(Shape{1, 1, 1, 0, 8}); }).find("head_dim"), std::string::npos);
+  EXPECT_NE(error_of([] { kvevict::DenseCache c(Shape{1, 1, 1, 8, 0}); }).find("budget"), std::string::npos);
+  const std::string sinks = error_of([] { kvevict::StreamingCache c(Shape{1, 1, 1, 8, 4}, kvevict::StreamingLLM{4}); });
+  EXPECT_NE(sinks.find("budget: expected >= sinks + 1 = 5, got 4"), std::string::npos) << sinks;
+  const std::string odd = error_of([] {
+    CacheOptions o;
+    o.rope = kvevict::Rope(7);
+  });
+  EXPECT_NE(odd.find("head_dim"), std::string::npos) << odd;
+  const std::string mismatch = error_of([] {
+    CacheOptions o;
+    o.rope = kvevict::Rope(16);
+    kvevict::DenseCache c(Shape{1, 1, 1, 8, 8}, {}, o);
+  });
+  EXPECT_NE(mismatch.find("rope.head_dim"), std::string::npos) << mismatch;
+  EXPECT_NE(error_of([] {
+              CacheOptions o;
+              o.max_chunk = 0;
+              kvevict::DenseCache c(Shape{1, 1, 1, 8, 8}, {}, o);
+            }).find("max_chunk"),
+            std::string::npos);
+}
+
+class BadInputLeavesCacheUnchanged : public ::testing::Test {
+ protected:
+  Shape shape{2, 4, 2, 8, 6};
+  CacheOptions options = [] {
+    CacheOptions o;
+    o.max_chunk = 4;
+    o.check_finite = true;
+    o.rope = kvevict::Rope(8);
+    return o;
+  }();
+  kvevict::StreamingCache cache{shape, kvevict::StreamingLLM{2}, options};
+  Stream<float> stream{shape, 20, 3};
+
+  void SetUp() override {
+    for (int t = 0; t < 10; ++t)
+      for (int l = 0; l < 2; ++l) {
+        MatrixF out(1, 32);
+        cache.forward(l, stream.q[std::size_t(l)].row(t), stream.k[std::size_t(l)].row(t),
+                      stream.v[std::size_t(l)].row(t), out);
+      }
+  }
+
+  void expect_rejected(const std::function<void()>& bad, const std::string& parameter) {
+    const Snapshot<kvevict::StreamingCache> before(cache);
+    const std::string message = error_of(bad);
+    EXPECT_NE(message.find(parameter), std::string::npos) << "message: " << message;
+    EXPECT_NE(message.find("expected"), std::string::npos) << "message: " << message;
+    EXPECT_TRUE(before == Snapshot<kvevict::StreamingCache>(cache)) << "cache changed by: " << message;
+  }
+};
+
+TEST_F(BadInputLeavesCacheUnchanged, WrongWidths) {
+  MatrixF q = MatrixF::Zero(1, 32), k = MatrixF::Zero(1, 16), v = MatrixF::Zero(1, 16), out(1, 32);
+  MatrixF narrow = MatrixF::Zero(1, 15), wide_q = MatrixF::Zero(1, 33), tall = MatrixF::Zero(2, 16);
+  expect_rejected([&] { cache.forward(0, q, narrow, v, out); }, "keys.cols()");
+  expect_rejected([&] { cache.forward(0, q, k, narrow, out); }, "values");
+  expect_rejected([&] { cache.forward(0, wide_q, k, v, out); }, "queries.cols()");
+  expect_rejected([&] { cache.forward(0, q, tall, tall, out); }, "queries.rows()");
+  MatrixF small_out(1, 8);
+  expect_rejected([&] { cache.forward(0, q, k, v, small_out); }, "out");
+  expect_rejected([&] { cache.forward(2, q, k, v, out); }, "layer");
+  expect_rejected([&] { cache.append(-1, k, v); }, "layer");
+  MatrixF huge = MatrixF::Zero(5, 16);
+  expect_rejected([&] { cache.append(0, huge, huge); }, "keys.rows()");
+}
+
+TEST_F(BadInputLeavesCacheUnchanged, NonFiniteValues) {
+  MatrixF q = MatrixF::Zero(1, 32), k = MatrixF::Zero(1, 16), v = MatrixF::Zero(1, 16), out(1, 32);
+  MatrixF bad_k = k, bad_v = v, bad_q = q;
+  bad_k(0, 3) = std::numeric_limits<float>::quiet_NaN();
+  bad_v(0, 0) = std::numeric_limits<float>::infinity();
+  bad_q(0, 31) = -std::numeric_limits<float>::infinity();
+  expect_rejected([&] { cache.forward(0, q, bad_k, v, out); }, "keys");
+  expect_rejected([&] { cache.forward(0, q, k, bad_v, out); }, "values");
+  expect_rejected([&] { cache.forward(1, bad_q, k, v, out); }, "queries");
+}
+
+TEST(BadInput, DenseRefusesToGrowPastItsBudgetAndStaysIntact) {
+  kvevict::DenseCache cache(Shape{1, 1, 1, 4, 3});
+  MatrixF q = MatrixF::Ones(1, 4), out(1, 4);
+  for (int t = 0; t < 3; ++t) cache.forward(0, q, q, q, out);
+  const Snapshot<kvevict::DenseCache> before(cache);
+  const std::string message = error_of([&] { cache.forward(0, q, q, q, out); });
+  EXPECT_NE(message.find("budget"), std::string::npos) << message;
+  EXPECT_TRUE(before == Snapshot<kvevict::DenseCache>(cache));
+}
+
+TEST(KVCache, OffByOneAndSinkLogitReachTheKernel) {
+  const Shape shape{1, 2, 1, 4, 4};
+  MatrixF q = MatrixF::Constant(1, 8, -3.0f), k = MatrixF::Constant(1, 4, 1.0f), v = MatrixF::Ones(1, 4), out(1, 8);
+  CacheOptions options;
+  options.attention.normalization = kvevict::Normalization::off_by_one;
+  kvevict::DenseCache off(shape, {}, options);
+  off.forward(0, q, k, v, out);
+  // One key with logit -6: weight e^-6 / (1 + e^-6).
+  EXPECT_NEAR(out(0, 0), std::exp(-6.0) / (1 + std::exp(-6.0)), 1e-6);
+  options.attention.normalization = kvevict::Normalization::sink_logit;
+  options.attention.sink_logits = {-100.0, 0.0};
+  kvevict::DenseCache sink(shape, {}, options);
+  sink.forward(0, q, k, v, out);
+  EXPECT_NEAR(out(0, 0), 1.0, 1e-6);  // head 0: sink far below the key
+  EXPECT_NEAR(out(0, 4), std::exp(-6.0) / (1 + std::exp(-6.0)), 1e-6);
+}
+}  // namespace

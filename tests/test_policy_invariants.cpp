@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: Apache-2.0
+// The invariants every policy keeps, checked for each one through the same cache and the same streams.
+#include <gtest/gtest.h>
+
+#include <kvevict/kvevict.hpp>
+#include <set>
+
+#include "cache_testing.hpp"
+#include "policies_under_test.hpp"
+
+namespace {
+using kvevict::CacheOptions;
+using kvevict::Shape;
+using testing_support::Stream;
+
+template <class Policy>
+class PolicyInvariants : public ::testing::Test {
+ protected:
+  using Cache = kvevict::KVCache<float, Policy>;
+  using Matrix = typename Cache::Matrix;
+  static constexpr int kTokens = 96;
+
+  // A policy that never evicts is given room for the whole stream.
+  static int budget_for(int wanted) { return kvevict::policy_traits<Policy>::evicts ? wanted : kTokens; }
+
+  static Shape shape(int budget) { return Shape{2, 6, 2, 8, budget}; }
+
+  /// Streams kTokens through the cache (a prefill chunk, then decode) and calls check(t) after each step.
+  template <class Check>
+  static void run(Cache& cache, const Stream<float>& stream, Check&& check, int prefill = 5) {
+    const Shape& s = cache.shape();
+    int t = 0;
+    while (t < kTokens) {
+      const int chunk = t == 0 ? prefill : 1;
+      for (int l = 0; l < s.n_layers; ++l) {
+        Matrix out(chunk, stream.q[std::size_t(l)].cols());
+        cache.forward(l, stream.q[std::size_t(l)].middleRows(t, chunk), stream.k[std::size_t(l)].middleRows(t, chunk),
+                      stream.v[std::size_t(l)].middleRows(t, chunk), out);
+      }
+      t += chunk;
+      check(t - 1);
+    }
+  }
+
+  static CacheOptions options() {
+    CacheOptions o;
+    o.max_chunk = 8;
+    return o;
+  }
+};
+
+TYPED_TEST_SUITE(PolicyInvariants, testing_support::AllPolicies);
+
+TYPED_TEST(PolicyInvariants, NeverHoldsMoreThanTheBudget) {
+  using CacheT = typename TestFixture::Cache;
+  const Shape s = TestFixture::shape(TestFixture::budget_for(16));
+  CacheT cache(s, testing_support::make_policy<TypeParam>(), TestFixture::options());
+  const Stream<float> stream(s, TestFixture::kTokens, 1);
+  TestFixture::run(cache, stream, [&](int) {
+    for (int l = 0; l < s.n_layers; ++l)
+      for (int h = 0; h < s.n_kv_heads; ++h) ASSERT_LE(cache.size(l, h), s.budget);
+  });
+}
+
+TYPED_TEST(PolicyInvariants, KeptRowsAreBitIdenticalToWhatWasAppended) {
+  using CacheT = typename TestFixture::Cache;
+  const Shape s = TestFixture::shape(TestFixture::budget_for(16));
+  CacheT cache(s, testing_support::make_policy<TypeParam>(), TestFixture::options());
+  const Stream<float> stream(s, TestFixture::kTokens, 2);
+  TestFixture::run(cache, stream, [&](int) {
+    for (int l = 0; l < s.n_layers; ++l)
+      for (int h = 0; h < s.n_kv_heads; ++h) {
+        const auto& slots = cache.head(l, h).slots();
+        for (int slot = 0; slot < slots.capacity(); ++slot) {
+          if (!slots.occupied(slot)) continue;
+          const auto p = slots.position(slot);
+          ASSERT_TRUE(cache.keys(l, h).row(slot) ==
+                      stream.k[std::size_t(l)].row(p).segment(h * s.head_dim, s.head_dim));
+          ASSERT_TRUE(cache.values(l, h).row(slot) ==
+                      stream.v[std::size_t(l)].row(p).segment(h * s.head_dim, s.head_dim));
+        }
+      }
+  });
+}
+
+TYPED_TEST(PolicyInvariants, NeverEvictsWhatItPromisedToKeep) {
+  using CacheT = typename TestFixture::Cache;
+  const Shape s = TestFixture::shape(TestFixture::budget_for(12));
+  CacheT cache(s, testing_support::make_policy<TypeParam>(), TestFixture::options());
+  const Stream<float> stream(s, TestFixture::kTokens, 3);
+  int promised = 0;
+  TestFixture::run(cache, stream, [&](int newest) {
+    for (int l = 0; l < s.n_layers; ++l)
+      for (int h = 0; h < s.n_kv_heads; ++h) {
+        const auto& head = cache.head(l, h);
+        std::set<std::int64_t> held;
+        for (int slot = 0; slot < head.slots().capacity(); ++slot)
+          if (head.slots().occupied(slot)) held.insert(head.slots().position(slot));
+        for (int p = 0; p <= newest; ++p)
+          if (head.protects(p, newest)) {
+            ++promised;
+            ASSERT_TRUE(held.count(p)) << "position " << p << " promised but gone at step " << newest;
+          }
+      }
+  });
+  EXPECT_GT(promised, 0);  // every policy promises something (at least the newest token)
+}
+
+TYPED_TEST(PolicyInvariants, EqualsDenseWhenTheBudgetCoversTheSequence) {
+  using CacheT = typename TestFixture::Cache;
+  using MatrixT = typename TestFixture::Matrix;
+  const Shape s = TestFixture::shape(TestFixture::kTokens);
+  CacheOptions o = TestFixture::options();
+  o.rope = kvevict::Rope(s.head_dim, 10000.0);
+  CacheT cache(s, testing_support::make_policy<TypeParam>(), o);
+  kvevict::KVCache<float, kvevict::Dense> dense(s, {}, o);
+  const Stream<float> stream(s, TestFixture::kTokens, 4);
+  for (int t = 0; t < TestFixture::kTokens; ++t)
+    for (int l = 0; l < s.n_layers; ++l) {
+      MatrixT a(1, stream.q[std::size_t(l)].cols()), b(1, stream.q[std::size_t(l)].cols());
+      cache.forward(l, stream.q[std::size_t(l)].row(t), stream.k[std::size_t(l)].row(t),
+                    stream.v[std::size_t(l)].row(t), a);
+      dense.forward(l, stream.q[std::size_t(l)].row(t), stream.k[std::size_t(l)].row(t),
+                    stream.v[std::size_t(l)].row(t), b);
+      ASSERT_TRUE(a == b) << "step " << t << " layer " << l;
+    }
+}
+}  // namespace

@@ -9,7 +9,8 @@
 
 namespace testing_support {
 
-using AllPolicies = ::testing::Types<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM>;
+using AllPolicies = ::testing::Types<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM,
+                                     kvevict::SlidingWindowRecompute, kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm>;
 
 /// The shared suites build each policy with its defaults, which must be valid for any budget >= 8.
 template <class Policy>

@@ -3,6 +3,7 @@
 #define KVEVICT_ATTENTION_HPP
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -28,9 +29,9 @@ struct AttentionOptions {
 ///
 /// Rows of the group are ordered token-major: row r = t * group + h is query head h of query token t.
 /// Key slot j is visible to query t iff key_pos[j] >= 0 (occupied) and key_pos[j] <= query_pos[t]
-/// (causal). Three passes, each reading its operand once: logits from K, normalisation in place,
-/// weighted sum over V. All query heads of the group are served per key row, so K and V are read once
-/// per group, not once per query head. Allocates nothing.
+/// (causal). Three passes: logits from K, normalisation in place, weighted sum over V. K and V are walked in
+/// blocks of rows that every query row of the group uses while the block is in cache, so each is read from
+/// memory once per group, not once per query head. Allocates nothing.
 template <class Scalar>
 struct GroupAttention {
   const Scalar* queries;  ///< row (t, h) at queries + t * query_stride + h * head_dim
@@ -46,46 +47,47 @@ struct GroupAttention {
   std::ptrdiff_t out_stride;
 };
 
+/// Runs one group. `first_q_head` is the group's first query head, to pick its sink logits.
 template <class Scalar>
 void attend_group(const GroupAttention<Scalar>& a, const AttentionOptions& options, int first_q_head = 0) {
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
-  using ConstRowMap = Eigen::Map<const Row>;
+  using Column = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  constexpr int kBlock = 32;  // rows of K or V per block (8-16 KiB): stays in L1 across the group
   constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
   const Scalar scale = static_cast<Scalar>(options.scale_for(a.head_dim));
+  const std::ptrdiff_t cap = a.capacity, d = a.head_dim;
   const int rows = a.n_queries * a.group;
-  const std::ptrdiff_t cap = a.capacity;
-  for (int j = 0; j < a.capacity; ++j) {
-    const std::int64_t kp = a.key_pos[j];
-    const ConstRowMap key(a.keys + j * std::ptrdiff_t(a.head_dim), a.head_dim);
-    for (int t = 0; t < a.n_queries; ++t) {
-      const bool visible = kp >= 0 && kp <= a.query_pos[t];
-      for (int h = 0; h < a.group; ++h) {
-        const std::ptrdiff_t r = t * a.group + h;
-        a.probs[r * cap + j] =
-            visible ? scale * key.dot(ConstRowMap(a.queries + t * a.query_stride + h * a.head_dim, a.head_dim))
-                    : masked;
+  auto query = [&](int r) { return a.queries + (r / a.group) * a.query_stride + (r % a.group) * d; };
+  auto output = [&](int r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * d; };
+
+  for (std::ptrdiff_t j0 = 0; j0 < cap; j0 += kBlock) {
+    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, cap - j0);
+    const Eigen::Map<const Rows> k(a.keys + j0 * d, nb, d);
+    for (int r = 0; r < rows; ++r) {
+      Eigen::Map<Column> logit(a.probs + r * cap + j0, nb);
+      logit.noalias() = scale * (k * Eigen::Map<const Column>(query(r), d));
+      const std::int64_t qp = a.query_pos[r / a.group];
+      for (std::ptrdiff_t j = 0; j < nb; ++j) {
+        const std::int64_t kp = a.key_pos[j0 + j];
+        if (kp < 0 || kp > qp) logit[j] = masked;
       }
     }
   }
   for (int r = 0; r < rows; ++r) {
     Scalar* row = a.probs + r * cap;
     if (a.logits) std::copy(row, row + cap, a.logits + r * cap);
-    const int head = first_q_head + r % a.group;
     const Scalar sink = options.normalization == Normalization::sink_logit
-                            ? static_cast<Scalar>(options.sink_logits[static_cast<std::size_t>(head)])
+                            ? static_cast<Scalar>(options.sink_logits[std::size_t(first_q_head + r % a.group)])
                             : Scalar(0);
     normalize(row, a.capacity, options.normalization, sink);
+    Eigen::Map<Row>(output(r), d).setZero();
   }
-  for (int t = 0; t < a.n_queries; ++t)
-    for (int h = 0; h < a.group; ++h) Eigen::Map<Row>(a.out + t * a.out_stride + h * a.head_dim, a.head_dim).setZero();
-  for (int j = 0; j < a.capacity; ++j) {
-    if (a.key_pos[j] < 0) continue;
-    const ConstRowMap value(a.values + j * std::ptrdiff_t(a.head_dim), a.head_dim);
-    for (int t = 0; t < a.n_queries; ++t)
-      for (int h = 0; h < a.group; ++h) {
-        const Scalar p = a.probs[(t * a.group + h) * cap + j];
-        if (p != Scalar(0)) Eigen::Map<Row>(a.out + t * a.out_stride + h * a.head_dim, a.head_dim) += p * value;
-      }
+  for (std::ptrdiff_t j0 = 0; j0 < cap; j0 += kBlock) {
+    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, cap - j0);
+    const Eigen::Map<const Rows> v(a.values + j0 * d, nb, d);
+    for (int r = 0; r < rows; ++r)
+      Eigen::Map<Row>(output(r), d).noalias() += Eigen::Map<const Row>(a.probs + r * cap + j0, nb) * v;
   }
 }
 

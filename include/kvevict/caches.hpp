@@ -3,7 +3,11 @@
 #define KVEVICT_CACHES_HPP
 
 #include "kv_cache.hpp"
+#include "policies/ahakv.hpp"
 #include "policies/dense.hpp"
+#include "policies/h2o.hpp"
+#include "policies/l2_norm.hpp"
+#include "policies/sliding_window_recompute.hpp"
 #include "policies/streaming_llm.hpp"
 #include "policies/window.hpp"
 
@@ -13,6 +17,10 @@ namespace kvevict {
 using DenseCache = KVCache<float, Dense>;
 using WindowCache = KVCache<float, Window>;
 using StreamingCache = KVCache<float, StreamingLLM>;
+using RecomputeCache = KVCache<float, SlidingWindowRecompute>;
+using H2OCache = KVCache<float, H2O>;
+using AhaKVCache = KVCache<float, AhaKV>;
+using L2NormCache = KVCache<float, L2Norm>;
 
 }  // namespace kvevict
 

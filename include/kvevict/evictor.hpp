@@ -47,6 +47,14 @@ class Evictor {
     if constexpr (detail::has_init<Policy>::value) policy_.init(context_);
   }
 
+  /// Forgets every token and starts the policy afresh (init() again); allocates nothing.
+  void clear() {
+    slots_.clear();
+    order_.clear();
+    newest_ = -1;
+    if constexpr (detail::has_init<Policy>::value) policy_.init(context_);
+  }
+
   const Policy& policy() const { return policy_; }
   const HeadContext& context() const { return context_; }
   const SlotTable& slots() const { return slots_; }

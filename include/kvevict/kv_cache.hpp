@@ -3,6 +3,7 @@
 #define KVEVICT_KV_CACHE_HPP
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -53,21 +54,29 @@ class KVCache {
 
   /// @throws InvalidArgument for a bad shape or option, or one the policy rejects.
   explicit KVCache(const Shape& shape, const Policy& policy = Policy{}, const CacheOptions& options = {})
-      : shape_(validated(shape, options)), options_(options), capacity_(shape.budget + options.max_chunk) {
+      : shape_(validated(shape, options)), options_(options) {
     const int group = shape_.group_size();
+    int widest = 0;
+    for (int layer = 0; layer < shape_.n_layers; ++layer) {
+      const int budget = policy_traits<Policy>::layer_budget(policy, layer, shape_.budget);
+      KVEVICT_REQUIRE(budget > 0, "layer_budget", "> 0 for layer " + std::to_string(layer), budget);
+      widest = std::max(widest, budget + options_.max_chunk);
+    }
     const std::size_t heads = std::size_t(shape_.n_layers) * std::size_t(shape_.n_kv_heads);
     heads_.reserve(heads);
     keys_.reserve(heads);
     values_.reserve(heads);
-    for (int layer = 0; layer < shape_.n_layers; ++layer)
+    for (int layer = 0; layer < shape_.n_layers; ++layer) {
+      const int budget = policy_traits<Policy>::layer_budget(policy, layer, shape_.budget);
+      const int capacity = budget + options_.max_chunk;
       for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
-        heads_.emplace_back(policy,
-                            HeadContext{layer, kv, shape_.n_layers, shape_.budget, capacity_, shape_.head_dim, group});
-        keys_.emplace_back(Matrix::Zero(capacity_, shape_.head_dim));
-        values_.emplace_back(Matrix::Zero(capacity_, shape_.head_dim));
+        heads_.emplace_back(policy, HeadContext{layer, kv, shape_.n_layers, budget, capacity, shape_.head_dim, group});
+        keys_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
+        values_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
       }
+    }
     queries_.resize(options_.max_chunk, std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim);
-    probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, capacity_);
+    probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, widest);
     if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());
     query_pos_.resize(std::size_t(options_.max_chunk));
     n_seen_.assign(std::size_t(shape_.n_layers), 0);
@@ -76,7 +85,8 @@ class KVCache {
 
   const Shape& shape() const { return shape_; }
   const CacheOptions& options() const { return options_; }
-  int capacity() const { return capacity_; }
+  /// Slots of each head of `layer`: its budget plus max_chunk.
+  int capacity(int layer = 0) const { return heads_[index(layer, 0)].context().capacity; }
   /// Tokens appended to `layer` so far; the next one gets this position.
   std::int64_t n_seen(int layer) const { return n_seen_[std::size_t(layer)]; }
   /// Tokens held by (layer, kv_head).
@@ -85,6 +95,20 @@ class KVCache {
   /// All `capacity()` key rows of (layer, kv_head); rows of free slots are stale.
   const Matrix& keys(int layer, int kv_head) const { return keys_[index(layer, kv_head)]; }
   const Matrix& values(int layer, int kv_head) const { return values_[index(layer, kv_head)]; }
+
+  /// Forgets every token of every layer; the next append is at position 0 again. Allocates nothing.
+  void clear() {
+    for (auto& h : heads_) h.clear();
+    std::fill(n_seen_.begin(), n_seen_.end(), 0);
+    std::fill(chunk_.begin(), chunk_.end(), 0);
+  }
+
+  /// For policies that rebuild their window (SlidingWindowRecompute): the token range of the text to
+  /// re-prefill into a clear()ed cache before the token with index `next`; see that policy's header.
+  template <class P = Policy, class = std::enable_if_t<detail::has_recompute_range<P>::value>>
+  auto recompute_range(std::int64_t next) const {
+    return P::recompute_range(next, shape_.budget);
+  }
 
   /// One model step for one layer: append the chunk's keys and values, attend its queries over everything
   /// held, evict back to the budget. The usual call of an engine.
@@ -138,11 +162,12 @@ class KVCache {
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
       Evictor<Policy>& h = heads_[index(layer, kv)];
       const std::ptrdiff_t head_offset = std::ptrdiff_t(kv) * group * d;
-      attend_group(GroupAttention<Scalar>{q.data() + head_offset, queries_.outerStride(),
-                                          keys_[index(layer, kv)].data(), values_[index(layer, kv)].data(),
-                                          h.slots().positions(), query_pos_.data(), t_count, group, capacity_, d,
-                                          probs_.data(), logits, out.data() + head_offset, out.outerStride()},
-                   options_.attention, kv * group);
+      attend_group(
+          GroupAttention<Scalar>{q.data() + head_offset, queries_.outerStride(), keys_[index(layer, kv)].data(),
+                                 values_[index(layer, kv)].data(), h.slots().positions(), query_pos_.data(), t_count,
+                                 group, h.context().capacity, d, probs_.data(), logits, out.data() + head_offset,
+                                 out.outerStride()},
+          options_.attention, kv * group);
       h.observe(AttentionView<Scalar>{probs_.data(), logits, options_.attention.scale_for(d), query_pos_.data(),
                                       t_count, group, h.view()});
     }
@@ -201,7 +226,7 @@ class KVCache {
     KVEVICT_REQUIRE(values.rows() == keys.rows() && values.cols() == width, "values",
                     "the shape of keys, " + dims(keys), dims(values));
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
-      const int room = capacity_ - size(layer, kv);
+      const int room = head(layer, kv).context().capacity - size(layer, kv);
       KVEVICT_REQUIRE(keys.rows() <= room, "keys.rows()",
                       "<= free slots = " + std::to_string(room) + " (call evict() between appends)", keys.rows());
       if (!policy_traits<Policy>::evicts)
@@ -229,7 +254,6 @@ class KVCache {
 
   Shape shape_;
   CacheOptions options_;
-  int capacity_;
   std::vector<Evictor<Policy>> heads_;
   std::vector<Matrix> keys_, values_;
   Matrix queries_, probs_, logits_;

@@ -16,6 +16,7 @@
 ///     template <class S> void on_append(const kvevict::TokenView<S>&);     // a token took a slot
 ///     template <class S> void observe(const kvevict::AttentionView<S>&);   // after each attention call
 ///     bool protects(std::int64_t position, std::int64_t newest) const;    // a promise never to evict it
+///     int layer_budget(int layer, int budget) const;            // a layer's own budget (L2's skipped layers)
 ///     static constexpr bool evicts = false;                     // never evicts (Dense)
 ///     static constexpr bool needs_logits = true;                // observe() wants logits as well as weights
 ///     static constexpr kvevict::PositionMode position_mode = kvevict::PositionMode::in_cache;
@@ -121,6 +122,16 @@ struct has_protects<P, std::void_t<decltype(bool(std::declval<const P&>().protec
     : std::true_type {};
 
 template <class P, class = void>
+struct has_layer_budget : std::false_type {};
+template <class P>
+struct has_layer_budget<P, std::void_t<decltype(int(std::declval<const P&>().layer_budget(0, 0)))>> : std::true_type {};
+
+template <class P, class = void>
+struct has_recompute_range : std::false_type {};
+template <class P>
+struct has_recompute_range<P, std::void_t<decltype(P::recompute_range(std::int64_t{}, 0))>> : std::true_type {};
+
+template <class P, class = void>
 struct evicts_flag : std::true_type {};
 template <class P>
 struct evicts_flag<P, std::void_t<decltype(P::evicts)>> : std::bool_constant<P::evicts> {};
@@ -157,6 +168,12 @@ struct policy_traits {
   static constexpr PositionMode position_mode = detail::position_mode_of<P>::value;
   template <class Scalar>
   static constexpr bool observes = detail::has_observe<P, Scalar>::value;
+
+  /// The budget of `layer`: the policy's layer_budget() if it has one, else the shape's budget.
+  static int layer_budget(const P& policy, int layer, int budget) {
+    if constexpr (detail::has_layer_budget<P>::value) return policy.layer_budget(layer, budget);
+    return budget;
+  }
 };
 
 #define KVEVICT_CHECK_POLICY(P)                                                           \

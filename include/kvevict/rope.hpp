@@ -32,9 +32,15 @@ class Rope {
       : head_dim_(head_dim), layout_(layout) {
     KVEVICT_REQUIRE(head_dim > 0 && head_dim % 2 == 0, "head_dim", "even and > 0 with RoPE", head_dim);
     KVEVICT_REQUIRE(theta > 0.0, "rope theta", "> 0", theta);
-    inv_freq_.resize(static_cast<std::size_t>(head_dim / 2));
-    for (int i = 0; i < head_dim / 2; ++i)
-      inv_freq_[static_cast<std::size_t>(i)] = std::pow(theta, -2.0 * i / head_dim);
+    const auto half = static_cast<std::size_t>(head_dim / 2);
+    inv_freq_.resize(half);
+    cos_one_.resize(half);
+    sin_one_.resize(half);
+    for (std::size_t i = 0; i < half; ++i) {
+      inv_freq_[i] = std::pow(theta, -2.0 * double(i) / head_dim);
+      cos_one_[i] = std::cos(inv_freq_[i]);
+      sin_one_[i] = std::sin(inv_freq_[i]);
+    }
   }
 
   int head_dim() const { return head_dim_; }
@@ -49,8 +55,10 @@ class Rope {
     const int stride = layout_ == RopeLayout::adjacent ? 2 : 1;
     const int partner = layout_ == RopeLayout::adjacent ? 1 : half;
     for (int i = 0; i < half; ++i) {
-      const double angle = static_cast<double>(delta) * inv_freq_[static_cast<std::size_t>(i)];
-      const double c = std::cos(angle), s = std::sin(angle);
+      const auto f = static_cast<std::size_t>(i);
+      // A step of +1 (in-cache positions re-rotating sinks every token) uses the precomputed rotation.
+      const double angle = static_cast<double>(delta) * inv_freq_[f];
+      const double c = delta == 1 ? cos_one_[f] : std::cos(angle), s = delta == 1 ? sin_one_[f] : std::sin(angle);
       Scalar& a = row[i * stride];
       Scalar& b = row[i * stride + partner];
       const double x = static_cast<double>(a), y = static_cast<double>(b);
@@ -62,7 +70,7 @@ class Rope {
  private:
   int head_dim_ = 0;
   RopeLayout layout_ = RopeLayout::adjacent;
-  std::vector<double> inv_freq_;
+  std::vector<double> inv_freq_, cos_one_, sin_one_;
 };
 
 }  // namespace kvevict

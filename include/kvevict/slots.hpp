@@ -2,6 +2,7 @@
 #ifndef KVEVICT_SLOTS_HPP
 #define KVEVICT_SLOTS_HPP
 
+#include <algorithm>
 #include <cassert>
 #include <cstdint>
 #include <vector>
@@ -21,7 +22,15 @@ class SlotTable {
       : position_(static_cast<std::size_t>(capacity), kFreeSlot),
         rotated_at_(static_cast<std::size_t>(capacity), kFreeSlot) {
     free_.reserve(static_cast<std::size_t>(capacity));
-    for (int s = capacity - 1; s >= 0; --s) free_.push_back(s);  // slot 0 is handed out first
+    clear();
+  }
+
+  /// Frees every slot; allocates nothing.
+  void clear() {
+    std::fill(position_.begin(), position_.end(), kFreeSlot);
+    std::fill(rotated_at_.begin(), rotated_at_.end(), kFreeSlot);
+    free_.clear();
+    for (int s = capacity() - 1; s >= 0; --s) free_.push_back(s);  // slot 0 is handed out first
   }
 
   int capacity() const { return static_cast<int>(position_.size()); }

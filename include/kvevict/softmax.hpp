@@ -2,6 +2,7 @@
 #ifndef KVEVICT_SOFTMAX_HPP
 #define KVEVICT_SOFTMAX_HPP
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -15,7 +16,19 @@ enum class Normalization {
   sink_logit,  ///< exp(x_i) / (exp(s_h) + sum_j exp(x_j)), one learned sink logit s_h per query head
 };
 
-/// Normalises `n` logits in place. Masked entries hold -infinity and come out as exactly 0.
+namespace detail {
+/// Eigen's vectorised exp clamps its argument, so exp(-inf) comes out as a denormal, not 0. Flushing every
+/// value below the smallest normal number restores exact zeros for masked entries (and for weights that
+/// small, which change nothing). A plain loop the compiler vectorises; a select() would not vectorise exp.
+template <class Scalar>
+void flush_denormals(Scalar* x, std::ptrdiff_t n) {
+  constexpr Scalar tiny = std::numeric_limits<Scalar>::min();
+  for (std::ptrdiff_t i = 0; i < n; ++i) x[i] = x[i] < tiny ? Scalar(0) : x[i];
+}
+}  // namespace detail
+
+/// Normalises `n` logits in place. Masked entries hold -infinity and come out as exactly 0 (as do weights
+/// below the smallest normal number).
 /// `sink` is the extra logit in the denominator (0 for off-by-one) and is ignored for plain softmax.
 /// Stable for any finite logits: everything is shifted by m = max(x, sink) before exp. A row where every
 /// entry is masked gives zeros (a softmax over nothing has no mass to give, and with a sink all of it goes
@@ -23,21 +36,18 @@ enum class Normalization {
 template <class Scalar>
 void normalize(Scalar* x, int n, Normalization kind, Scalar sink = Scalar(0)) {
   constexpr Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
+  Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>> row(x, n);
   const bool has_sink = kind != Normalization::softmax;
   if (kind == Normalization::off_by_one) sink = Scalar(0);
-  Scalar m = has_sink ? sink : neg_inf;
-  for (int i = 0; i < n; ++i) m = std::max(m, x[i]);
+  const Scalar m = std::max(has_sink ? sink : neg_inf, n > 0 ? row.maxCoeff() : neg_inf);
   if (m == neg_inf) {
-    std::fill(x, x + n, Scalar(0));
+    row.setZero();
     return;
   }
-  Scalar sum = has_sink ? std::exp(sink - m) : Scalar(0);
-  for (int i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - m);
-    sum += x[i];
-  }
-  const Scalar inv = Scalar(1) / sum;
-  for (int i = 0; i < n; ++i) x[i] *= inv;
+  row = (row - m).exp();
+  detail::flush_denormals(x, n);
+  const Scalar sum = row.sum() + (has_sink ? std::exp(sink - m) : Scalar(0));
+  row *= Scalar(1) / sum;
 }
 
 }  // namespace kvevict

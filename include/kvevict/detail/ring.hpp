@@ -20,6 +20,11 @@ class Ring {
   bool empty() const { return size_ == 0; }
   int capacity() const { return static_cast<int>(data_.size()); }
   void clear() { head_ = size_ = 0; }
+  /// Empties the ring and gives it `capacity` slots, reusing its storage when it is large enough.
+  void reset(int capacity) {
+    data_.resize(static_cast<std::size_t>(capacity));
+    clear();
+  }
 
   const T& operator[](int i) const { return data_[index(i)]; }
   T& operator[](int i) { return data_[index(i)]; }

@@ -36,7 +36,7 @@ struct StreamingLLM {
     KVEVICT_REQUIRE(context.budget >= sinks + 1, "budget", ">= sinks + 1 = " + std::to_string(sinks + 1),
                     context.budget);
     window_ = context.budget - sinks;
-    fifo_ = detail::Ring<int>(context.capacity);
+    fifo_.reset(context.capacity);
   }
   template <class Scalar>
   void on_append(const TokenView<Scalar>& token) {

@@ -21,7 +21,7 @@ namespace kvevict {
 struct Window {
   void init(const HeadContext& context) {
     window_ = context.budget;
-    fifo_ = detail::Ring<int>(context.capacity);
+    fifo_.reset(context.capacity);
   }
   template <class Scalar>
   void on_append(const TokenView<Scalar>& token) {

@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: Apache-2.0
+#ifndef KVEVICT_POLICIES_AHAKV_HPP
+#define KVEVICT_POLICIES_AHAKV_HPP
+
+/// @file
+/// AhaKV: "AhaKV: Adaptive Holistic Attention-Driven KV Cache Eviction for Efficient Inference of Large
+/// Language Models", Gu et al., arXiv 2506.03762.
+///
+/// H2O's accumulated score is biased toward early tokens: they have been seen by more queries. AhaKV fixes
+/// the score in three ways, each switchable to rerun the paper's ablation:
+///  1. recent accumulation: a token's score sums the weights of the last `window` (r = 32) queries only;
+///  2. step-gain softmax: the weights for the score are softmax_j(lambda_i x_ij) over the unscaled logits
+///     x = q.k, with lambda_i = sqrt(2 log(i / k) / d), k = budget, d = head_dim, so the score keeps its
+///     sharpness as the context grows (the model's own output keeps its usual softmax);
+///  3. value prior: score_j = gamma_bar_j S_j with gamma = AvgPool(||v||^2), gamma_bar = gamma / max gamma.
+/// The last `recent` tokens are always kept; of the others the lowest score is evicted (older on ties).
+///
+/// Choices the paper leaves open, made here:
+///  - i is the number of tokens query i would see without eviction (its position + 1), as in the paper's
+///    prefill, not the number the cache still holds: in steady state that is always k + 1, and lambda
+///    would never move.
+///  - lambda is clamped to [min_gain, max_gain] / sqrt(d) = [1, 4] / sqrt(d): the formula is 0 at i = k
+///    (every token scored equal) and imaginary below; the floor is the model's own scale, so the score is
+///    never flatter than the model's attention.
+///  - AvgPool is causal with width `pool` = 5: a token's prior averages its own ||v||^2 with the four tokens
+///    before it, known when it arrives, so the prior costs O(1) per token and never changes afterwards.
+///  - Dividing by max gamma scales every score alike; select() ranks without it, score() includes it.
+///  - GQA: the group's query heads are averaged into their kv head, as for H2O. Sink logits and
+///    off-by-one do not enter the score: it is a plain (step-gain) softmax over the visible tokens.
+/// Cost per step: a second softmax over the logits, O(queries x group x budget), plus O(budget) for the
+/// recent-window update and the selection. Memory: `window` x capacity floats per head for the window.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../detail/scoring.hpp"
+#include "../error.hpp"
+#include "../policy.hpp"
+#include "../softmax.hpp"
+
+namespace kvevict {
+
+/// Entropy-scaled attention score with recent accumulation and a value-norm prior.
+struct AhaKV {
+  static constexpr bool needs_logits = true;
+  static constexpr int kAuto = -1;
+
+  int window = 32;                        ///< r: queries a score remembers
+  int recent = kAuto;                     ///< newest tokens always kept; default min(window, budget / 2)
+  int pool = 5;                           ///< width of the causal average pool of ||v||^2
+  double min_gain = 1.0, max_gain = 4.0;  ///< clamp of lambda * sqrt(d)
+  bool recent_accumulation = true, step_gain = true, value_prior = true;
+
+  /// @throws InvalidArgument for window or pool <= 0, recent outside [0, budget), a bad gain range.
+  void init(const HeadContext& context) {
+    KVEVICT_REQUIRE(window > 0, "window", "> 0 (the r of recent accumulation)", window);
+    KVEVICT_REQUIRE(pool > 0, "pool", "> 0", pool);
+    KVEVICT_REQUIRE(min_gain > 0 && max_gain >= min_gain, "min_gain, max_gain", "0 < min_gain <= max_gain",
+                    std::to_string(min_gain) + ", " + std::to_string(max_gain));
+    if (recent == kAuto) recent = std::min(window, context.budget / 2);
+    KVEVICT_REQUIRE(recent >= 0 && recent < context.budget, "recent",
+                    "in [0, budget = " + std::to_string(context.budget) + ")", recent);
+    budget_ = context.budget;
+    head_dim_ = context.head_dim;
+    const auto cap = std::size_t(context.capacity);
+    score_.assign(cap, 0.0);
+    prior_.assign(cap, 1.0);
+    step_.assign(cap, 0.0f);
+    folded_.assign(cap, 0.0f);
+    history_.assign(recent_accumulation ? std::size_t(window) * cap : 0, 0.0f);
+    norms_.assign(std::size_t(pool), 0.0);
+    n_appended_ = n_queries_ = 0;
+  }
+
+  /// lambda_i for a query at position i - 1, clamped as documented above.
+  double lambda(std::int64_t i) const {
+    const double ratio = double(i) / double(budget_);
+    const double gain = ratio > 1.0 ? std::sqrt(2.0 * std::log(ratio)) : 0.0;
+    return std::clamp(gain, min_gain, max_gain) / std::sqrt(double(head_dim_));
+  }
+
+  template <class Scalar>
+  void on_append(const TokenView<Scalar>& token) {
+    const auto s = std::size_t(token.slot);
+    score_[s] = 0.0;
+    for (int k = 0; k < int(history_.size() / score_.size()); ++k) history_[std::size_t(k) * score_.size() + s] = 0.0f;
+    double nu = 0.0;
+    for (int i = 0; i < token.head_dim; ++i) nu += double(token.value[i]) * double(token.value[i]);
+    norms_[std::size_t(n_appended_ % pool)] = nu;
+    ++n_appended_;
+    const std::int64_t n = std::min<std::int64_t>(n_appended_, pool);
+    double sum = 0.0;
+    for (std::int64_t k = 0; k < n; ++k) sum += norms_[std::size_t(k)];
+    prior_[s] = sum / double(n);
+  }
+
+  template <class Scalar>
+  void observe(const AttentionView<Scalar>& a) {
+    const int cap = a.slots.capacity;
+    using Weights = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+    Eigen::Map<Eigen::ArrayXf> folded(folded_.data(), cap);
+    Eigen::Map<Eigen::ArrayXd> score(score_.data(), cap);
+    for (int t = 0; t < a.n_queries; ++t) {
+      folded.setZero();
+      for (int h = 0; h < a.group; ++h) {
+        const int row = t * a.group + h;
+        if (step_gain)
+          folded += step_gain_weights(Weights(a.logits + std::ptrdiff_t(row) * cap, cap),
+                                      lambda(a.query_positions[t] + 1) / a.scale);
+        else
+          folded += Weights(a.probs + std::ptrdiff_t(row) * cap, cap).template cast<float>();
+      }
+      folded *= 1.0f / float(a.group);
+      if (!recent_accumulation) {
+        score += folded.cast<double>();
+        continue;
+      }
+      // The oldest of the last `window` queries leaves the score as this one enters.
+      Eigen::Map<Eigen::ArrayXf> oldest(history_.data() + std::size_t(n_queries_ % window) * std::size_t(cap), cap);
+      score += (folded - oldest).cast<double>();
+      oldest = folded;
+      ++n_queries_;
+    }
+  }
+
+  int select(const SlotView& slots) const {
+    return detail::argmin_score(
+        slots, [&](int s) { return ranked(s); }, [&](std::int64_t p) { return protects(p, slots.newest); });
+  }
+  bool protects(std::int64_t position, std::int64_t newest) const { return position > newest - recent; }
+
+  /// gamma_bar_j S_j over the occupied slots of `slots`, as the paper writes it.
+  double score(const SlotView& slots, int slot) const {
+    double max_prior = 0.0;
+    for (int s = 0; s < slots.capacity; ++s)
+      if (slots.occupied(s)) max_prior = std::max(max_prior, prior_[std::size_t(s)]);
+    return value_prior ? score_[std::size_t(slot)] * prior_[std::size_t(slot)] / max_prior : score_[std::size_t(slot)];
+  }
+  /// The raw gamma (pooled ||v||^2) of a slot.
+  double prior(int slot) const { return prior_[std::size_t(slot)]; }
+
+ private:
+  double ranked(int slot) const {
+    const auto s = std::size_t(slot);
+    return value_prior ? score_[s] * prior_[s] : score_[s];
+  }
+
+  // softmax_j(gain * logit_j) over the visible slots of one row (masked logits are -inf); the logits
+  // arrive scaled, so gain = lambda / scale.
+  template <class Logits>
+  auto step_gain_weights(const Logits& logits, double gain) {
+    using Scalar = typename Logits::Scalar;
+    constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
+    Eigen::Map<Eigen::ArrayXf> w(step_.data(), logits.size());
+    const Scalar m = logits.maxCoeff();
+    if (m == masked) return w.setZero();
+    w = ((logits - m) * Scalar(gain)).exp().template cast<float>();
+    detail::flush_denormals(w.data(), w.size());
+    return w *= 1.0f / w.sum();
+  }
+
+  int budget_ = 1, head_dim_ = 1;
+  std::vector<double> score_, prior_, norms_;
+  std::vector<float> step_, folded_;
+  std::vector<float> history_;  // window x capacity: each recent query's folded weights, a ring by query
+  std::int64_t n_appended_ = 0, n_queries_ = 0;
+};
+
+}  // namespace kvevict
+
+#endif  // KVEVICT_POLICIES_AHAKV_HPP

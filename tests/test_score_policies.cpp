@@ -1,0 +1,379 @@
+// SPDX-License-Identifier: Apache-2.0
+// What makes H2O, AhaKV and L2Norm themselves: hand-computed cases, per-head selection, ties, bad input.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <kvevict/kvevict.hpp>
+#include <map>
+#include <set>
+
+#include "cache_testing.hpp"
+
+namespace {
+using kvevict::AttentionView;
+using kvevict::Evictor;
+using kvevict::HeadContext;
+using MatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// An Evictor over `n` tokens at positions 0..n-1 (slots 0..n-1), values and keys all ones.
+template <class Policy>
+Evictor<Policy> evictor_with(const Policy& policy, int budget, int n, int group = 1) {
+  Evictor<Policy> e(policy, HeadContext{0, 0, 1, budget, budget + 4, 4, group});
+  const float ones[4] = {1, 1, 1, 1};
+  for (int p = 0; p < n; ++p) e.admit(p, ones, ones);
+  return e;
+}
+
+/// One query token at position `query_pos` whose heads give `probs` (group rows x capacity).
+template <class Policy>
+void show(Evictor<Policy>& e, const std::vector<float>& probs, int group, std::int64_t query_pos) {
+  const std::int64_t qp[1] = {query_pos};
+  e.observe(AttentionView<float>{probs.data(), nullptr, 0.5, qp, 1, group, e.view()});
+}
+
+template <class Cache>
+std::set<std::int64_t> kept(const Cache& cache, int layer, int kv_head) {
+  std::set<std::int64_t> out;
+  const auto& slots = cache.head(layer, kv_head).slots();
+  for (int s = 0; s < slots.capacity(); ++s)
+    if (slots.occupied(s)) out.insert(slots.position(s));
+  return out;
+}
+
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const kvevict::InvalidArgument& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+// ---- H2O ---------------------------------------------------------------------------------------------
+
+TEST(H2O, EvictsTheLowestAccumulatedScoreOutsideTheRecentWindow) {
+  auto e = evictor_with(kvevict::H2O{2, 1}, 3, 4);  // capacity 7: slots 4..6 free
+  show(e, {0.5f, 0.1f, 0.3f, 0.1f, 0, 0, 0}, 1, 3);
+  show(e, {0.2f, 0.3f, 0.2f, 0.3f, 0, 0, 0}, 1, 3);
+  // Scores 0.7, 0.4, 0.5, 0.4; position 3 is recent, so slot 1 goes, then slot 2.
+  EXPECT_NEAR(e.policy().score(1), 0.4, 1e-7);
+  EXPECT_EQ(e.evict_one().slot, 1);
+  EXPECT_EQ(e.evict_one().slot, 2);
+}
+
+TEST(H2O, GroupReductionMeanSumMax) {
+  // Two query heads. Slot 0: 0.6 and 0.0; slot 1: 0.25 and 0.25; slot 2 is recent.
+  const std::vector<float> probs = {0.6f, 0.25f, 0.15f, 0, 0, 0, 0.0f, 0.25f, 0.75f, 0, 0, 0};  // 2 rows x 6 slots
+  for (auto [reduce, victim] :
+       {std::pair{kvevict::H2O::GroupReduce::mean, 1}, std::pair{kvevict::H2O::GroupReduce::sum, 1},
+        std::pair{kvevict::H2O::GroupReduce::max, 1}}) {
+    auto e = evictor_with(kvevict::H2O{1, 1, reduce}, 2, 3, 2);
+    show(e, probs, 2, 2);
+    EXPECT_EQ(e.evict_one().slot, victim);
+  }
+  // Where max and mean disagree: slot 0 gets 0.5 from one head, slot 1 gets 0.3 from both.
+  const std::vector<float> split = {0.5f, 0.3f, 0.2f, 0, 0, 0, 0.0f, 0.3f, 0.7f, 0, 0, 0};
+  auto mean = evictor_with(kvevict::H2O{1, 1, kvevict::H2O::GroupReduce::mean}, 2, 3, 2);
+  auto max = evictor_with(kvevict::H2O{1, 1, kvevict::H2O::GroupReduce::max}, 2, 3, 2);
+  show(mean, split, 2, 2);
+  show(max, split, 2, 2);
+  EXPECT_EQ(mean.evict_one().slot, 0);  // mean: 0.25 < 0.3
+  EXPECT_EQ(max.evict_one().slot, 1);   // max: 0.3 < 0.5
+}
+
+TEST(H2O, NormalizedDividesByTheQueriesThatSawTheToken) {
+  auto e = evictor_with(kvevict::H2O{2, 1, kvevict::H2O::GroupReduce::mean, true}, 3, 2);
+  show(e, {0.5f, 0.5f, 0, 0, 0, 0, 0}, 1, 1);  // query 1 sees tokens 0 and 1
+  show(e, {0.2f, 0.6f, 0, 0, 0, 0, 0}, 1, 2);  // query 2 (token 2 not admitted: a test shortcut)
+  EXPECT_NEAR(e.policy().score(0), (0.5 + 0.2f) / 2, 1e-7);
+  // A query at position 0 sees token 0 only (token 1 is masked: weight 0, and it does not count as seen).
+  const std::int64_t early[1] = {0};
+  const std::vector<float> first_only = {0.9f, 0, 0, 0, 0, 0, 0};
+  e.observe(AttentionView<float>{first_only.data(), nullptr, 0.5, early, 1, 1, e.view()});
+  EXPECT_NEAR(e.policy().score(0), (0.5 + 0.2f + 0.9f) / 3, 1e-7);
+  EXPECT_NEAR(e.policy().score(1), (0.5 + 0.6f) / 2, 1e-7);
+}
+
+TEST(H2O, TiesGoToTheNewerToken) {
+  auto e = evictor_with(kvevict::H2O{3, 1}, 4, 5);
+  show(e, {0.2f, 0.2f, 0.2f, 0.2f, 0.2f, 0, 0, 0}, 1, 4);
+  EXPECT_EQ(e.evict_one().position, 0);  // equal scores: the older token leaves
+  EXPECT_EQ(e.evict_one().position, 1);
+}
+
+TEST(H2O, ChunkedPrefillScoresEveryQueryOfTheChunk) {
+  const kvevict::Shape shape{1, 2, 1, 8, 16};
+  const testing_support::Stream<float> stream(shape, 16, 12);
+  kvevict::CacheOptions options;
+  options.max_chunk = 16;
+  kvevict::H2OCache chunked(shape, {}, options), stepped(shape, {}, options);
+  MatrixF out16(16, 16), out1(1, 16);
+  chunked.forward(0, stream.q[0], stream.k[0], stream.v[0], out16);
+  for (int t = 0; t < 16; ++t) stepped.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out1);
+  for (int s = 0; s < 16; ++s)
+    EXPECT_NEAR(chunked.head(0, 0).policy().score(s), stepped.head(0, 0).policy().score(s), 1e-6);
+  EXPECT_GT(chunked.head(0, 0).policy().score(0), 1.0);  // token 0 was seen by all 16 queries
+}
+
+// ---- AhaKV -------------------------------------------------------------------------------------------
+
+TEST(AhaKV, LambdaFollowsTheFormulaInsideTheClamp) {
+  kvevict::AhaKV p;
+  p.init(HeadContext{0, 0, 1, 100, 120, 64, 1});
+  EXPECT_NEAR(p.lambda(1000), std::sqrt(2.0 * std::log(10.0)) / 8.0, 1e-12);  // 0.26825
+  EXPECT_NEAR(p.lambda(1000), 0.268246, 1e-6);
+  EXPECT_DOUBLE_EQ(p.lambda(100), 1.0 / 8.0);                 // i = k: the formula's 0 is clamped to the model's scale
+  EXPECT_DOUBLE_EQ(p.lambda(10), 1.0 / 8.0);                  // below the budget: same floor
+  EXPECT_DOUBLE_EQ(p.lambda(std::int64_t(1e12)), 4.0 / 8.0);  // far beyond: the ceiling
+}
+
+TEST(AhaKV, ValuePriorIsTheCausalPoolOfSquaredValueNorms) {
+  kvevict::AhaKV p;
+  p.pool = 2;
+  Evictor<kvevict::AhaKV> e(p, HeadContext{0, 0, 1, 4, 6, 2, 1});
+  const float k[2] = {0, 0};
+  const float v0[2] = {1, 0}, v1[2] = {3, 4}, v2[2] = {0, 2};
+  e.admit(0, k, v0);
+  e.admit(1, k, v1);
+  e.admit(2, k, v2);
+  EXPECT_DOUBLE_EQ(e.policy().prior(0), 1.0);               // ||v0||^2
+  EXPECT_DOUBLE_EQ(e.policy().prior(1), (1.0 + 25.0) / 2);  // pooled with the token before
+  EXPECT_DOUBLE_EQ(e.policy().prior(2), (25.0 + 4.0) / 2);
+}
+
+/// A naive reference: per token, the group-mean weight each query gave it; the score sums the last r.
+struct LastQueriesReference {
+  int r = 4, recent = 4;
+  std::map<std::int64_t, std::vector<double>> received;  // by position, one entry per query that saw it
+  std::vector<std::int64_t> slot_pos;
+  void init(const HeadContext& c) { slot_pos.assign(std::size_t(c.capacity), -1); }
+  template <class S>
+  void on_append(const kvevict::TokenView<S>& t) {
+    slot_pos[std::size_t(t.slot)] = t.position;
+    received[t.position] = {};
+  }
+  template <class S>
+  void observe(const AttentionView<S>& a) {
+    for (int t = 0; t < a.n_queries; ++t) {
+      ++n_queries;
+      for (int s = 0; s < a.slots.capacity; ++s) {
+        if (!a.slots.occupied(s)) continue;
+        double w = 0;
+        for (int h = 0; h < a.group; ++h) w += double(a.prob(t * a.group + h, s)) / a.group;
+        received[a.slots.positions[s]].push_back(w);
+      }
+    }
+  }
+  double score(std::int64_t p) const {
+    const auto& w = received.at(p);
+    // Weights from queries before the token arrived were 0 and are not listed; take the last r queries.
+    double sum = 0;
+    const std::size_t keep = std::min<std::size_t>(w.size(), std::size_t(r));
+    for (std::size_t i = w.size() - keep; i < w.size(); ++i) sum += float(w[i]);
+    return sum;
+  }
+  int select(const kvevict::SlotView& v) const {
+    int victim = -1;
+    for (int s = 0; s < v.capacity; ++s) {
+      if (!v.occupied(s) || protects(v.positions[s], v.newest)) continue;
+      if (victim < 0 || score(v.positions[s]) < score(v.positions[victim]) ||
+          (score(v.positions[s]) == score(v.positions[victim]) && v.positions[s] < v.positions[victim]))
+        victim = s;
+    }
+    return victim;
+  }
+  bool protects(std::int64_t p, std::int64_t newest) const { return p > newest - recent; }
+  long n_queries = 0;
+};
+
+template <class A, class B>
+void expect_same_kept_sets(const A& a_policy, const B& b_policy, unsigned seed) {
+  const kvevict::Shape shape{1, 3, 1, 16, 12};
+  const testing_support::Stream<float> stream(shape, 80, seed);
+  kvevict::CacheOptions options;
+  options.max_chunk = 1;
+  kvevict::KVCache<float, A> a(shape, a_policy, options);
+  kvevict::KVCache<float, B> b(shape, b_policy, options);
+  MatrixF out(1, 48);
+  for (int t = 0; t < 80; ++t) {
+    a.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+    b.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+    ASSERT_EQ(kept(a, 0, 0), kept(b, 0, 0)) << "step " << t;
+  }
+}
+
+TEST(AhaKV, WithoutStepGainAndPriorItRanksLikeAccumulationOverTheLastRQueries) {
+  kvevict::AhaKV aha;
+  aha.window = 4;
+  aha.recent = 4;
+  aha.step_gain = false;
+  aha.value_prior = false;
+  LastQueriesReference reference;
+  reference.r = 4;
+  reference.recent = 4;
+  expect_same_kept_sets(aha, reference, 21);
+}
+
+TEST(AhaKV, WithAllThreePartsOffItRanksLikeH2O) {
+  kvevict::AhaKV aha;
+  aha.recent = 4;
+  aha.recent_accumulation = aha.step_gain = aha.value_prior = false;
+  expect_same_kept_sets(aha, kvevict::H2O{8, 4}, 22);
+}
+
+TEST(AhaKV, EachPartChangesWhatIsKept) {
+  // The three parts are live: switching any one off changes the kept set on the same stream.
+  const kvevict::Shape shape{1, 3, 1, 16, 12};
+  const testing_support::Stream<float> stream(shape, 400, 23);
+  auto run = [&](kvevict::AhaKV p) {
+    kvevict::CacheOptions options;
+    options.max_chunk = 1;
+    kvevict::AhaKVCache cache(shape, p, options);
+    MatrixF out(1, 48);
+    for (int t = 0; t < 400; ++t) cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+    return kept(cache, 0, 0);
+  };
+  kvevict::AhaKV full;
+  full.window = 8;
+  const auto all = run(full);
+  for (int part = 0; part < 3; ++part) {
+    kvevict::AhaKV off = full;
+    (part == 0 ? off.recent_accumulation : part == 1 ? off.step_gain : off.value_prior) = false;
+    EXPECT_NE(run(off), all) << "part " << part << " made no difference";
+  }
+}
+
+// ---- L2 norm -----------------------------------------------------------------------------------------
+
+TEST(L2Norm, KeepsExactlyTheLowestNormKeysAndItsProtectedTokens) {
+  const kvevict::Shape shape{1, 2, 1, 8, 10};
+  const testing_support::Stream<float> stream(shape, 60, 31);
+  kvevict::L2Norm policy;
+  policy.sinks = 2;
+  policy.recent = 3;
+  kvevict::CacheOptions options;
+  options.max_chunk = 4;
+  options.rope = kvevict::Rope(8);  // the norm does not change under rotation
+  kvevict::L2NormCache cache(shape, policy, options);
+  MatrixF out(4, 16);
+  for (int t = 0; t < 60; t += 4)
+    cache.forward(0, stream.q[0].middleRows(t, 4), stream.k[0].middleRows(t, 4), stream.v[0].middleRows(t, 4), out);
+  std::vector<std::pair<double, std::int64_t>> free_tokens;
+  for (int p = 2; p < 57; ++p) free_tokens.emplace_back(double(stream.k[0].row(p).norm()), p);
+  std::sort(free_tokens.begin(), free_tokens.end());
+  std::set<std::int64_t> expected{0, 1, 57, 58, 59};
+  for (int i = 0; i < 5; ++i) expected.insert(free_tokens[std::size_t(i)].second);
+  EXPECT_EQ(kept(cache, 0, 0), expected);
+}
+
+TEST(L2Norm, SkippedLayersAreNotCompressed) {
+  const kvevict::Shape shape{3, 2, 1, 8, 6};
+  kvevict::L2Norm policy;
+  policy.skip_layers = {0, 2};
+  policy.uncompressed_budget = 40;
+  kvevict::L2NormCache cache(shape, policy);
+  const testing_support::Stream<float> stream(shape, 40, 32);
+  MatrixF out(1, 16);
+  for (int t = 0; t < 40; ++t)
+    for (int l = 0; l < 3; ++l)
+      cache.forward(l, stream.q[std::size_t(l)].row(t), stream.k[std::size_t(l)].row(t),
+                    stream.v[std::size_t(l)].row(t), out);
+  EXPECT_EQ(cache.size(0, 0), 40);
+  EXPECT_EQ(cache.size(1, 0), 6);
+  EXPECT_EQ(cache.size(2, 0), 40);
+}
+
+TEST(L2Norm, EqualNormsEvictTheOlderToken) {
+  const kvevict::Shape shape{1, 1, 1, 4, 5};
+  kvevict::L2NormCache cache(shape);
+  MatrixF x = MatrixF::Ones(1, 4), out(1, 4);
+  for (int t = 0; t < 20; ++t) cache.forward(0, x, x, x, out);
+  EXPECT_EQ(kept(cache, 0, 0), (std::set<std::int64_t>{15, 16, 17, 18, 19}));
+}
+
+// ---- Shared: per-head selection, determinism, bad input ----------------------------------------------------
+
+TEST(ScorePolicies, EachKvHeadKeepsItsOwnSet) {
+  // Two kv heads in one layer; head 0's keys make even tokens heavy, head 1's make odd tokens heavy.
+  const kvevict::Shape shape{1, 4, 2, 8, 10};
+  const int n = 40;
+  MatrixF q = MatrixF::Zero(n, 32), k = MatrixF::Zero(n, 16), v = MatrixF::Ones(n, 16), out(1, 32);
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < 4; ++h) q(t, h * 8) = 4.0f;
+    k(t, 0) = t % 2 == 0 ? 2.0f : -2.0f;
+    k(t, 8) = t % 2 == 1 ? 2.0f : -2.0f;
+  }
+  auto check = [&](auto cache) {
+    for (int t = 0; t < n; ++t) cache.forward(0, q.row(t), k.row(t), v.row(t), out);
+    const auto a = kept(cache, 0, 0), b = kept(cache, 0, 1);
+    EXPECT_NE(a, b);
+
+    // Token 0 is exempt: its own query gave it weight 1, the early-token bias AhaKV is about.
+    for (auto p : a) {
+      if (p > 0 && p < n - 5) {
+        EXPECT_EQ(p % 2, 0) << "head 0 kept a light token";
+      }
+    }
+    for (auto p : b) {
+      if (p > 0 && p < n - 5) {
+        EXPECT_EQ(p % 2, 1) << "head 1 kept a light token";
+      }
+    }
+  };
+  check(kvevict::H2OCache(shape, kvevict::H2O{5, 5}));
+  kvevict::AhaKV aha;
+  aha.recent = 5;
+  check(kvevict::AhaKVCache(shape, aha));
+}
+
+template <class Policy>
+std::vector<std::set<std::int64_t>> kept_after_stream(const Policy& p) {
+  const kvevict::Shape shape{2, 6, 2, 16, 12};
+  const testing_support::Stream<float> stream(shape, 64, 41);
+  kvevict::CacheOptions options;
+  options.max_chunk = 4;
+  kvevict::KVCache<float, Policy> cache(shape, p, options);
+  MatrixF out(4, 96);
+  for (int t = 0; t < 64; t += 4)
+    for (int l = 0; l < 2; ++l)
+      cache.forward(l, stream.q[std::size_t(l)].middleRows(t, 4), stream.k[std::size_t(l)].middleRows(t, 4),
+                    stream.v[std::size_t(l)].middleRows(t, 4), out);
+  std::vector<std::set<std::int64_t>> sets;
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 2; ++h) sets.push_back(kept(cache, l, h));
+  return sets;
+}
+
+TEST(ScorePolicies, SameInputSameKeptSet) {
+  EXPECT_EQ(kept_after_stream(kvevict::H2O{}), kept_after_stream(kvevict::H2O{}));
+  EXPECT_EQ(kept_after_stream(kvevict::AhaKV{}), kept_after_stream(kvevict::AhaKV{}));
+  EXPECT_EQ(kept_after_stream(kvevict::L2Norm{}), kept_after_stream(kvevict::L2Norm{}));
+}
+
+TEST(ScorePolicies, BadParametersAreNamed) {
+  const kvevict::Shape shape{2, 2, 1, 8, 8};
+  auto aha = [](int window) {
+    kvevict::AhaKV p;
+    p.window = window;
+    return p;
+  };
+  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(0)); }).find("window: expected > 0"), std::string::npos);
+  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(-3)); }).find("window"), std::string::npos);
+  const std::string h2o = error_of([&] { kvevict::H2OCache c(shape, kvevict::H2O{6, 4}); });
+  EXPECT_NE(h2o.find("heavy + recent: expected <= budget = 8, got 10"), std::string::npos) << h2o;
+  kvevict::L2Norm l2;
+  l2.skip_layers = {0, 5};
+  l2.uncompressed_budget = 16;
+  const std::string skip = error_of([&] { kvevict::L2NormCache c(shape, l2); });
+  EXPECT_NE(skip.find("skip_layers: expected layer indices in [0, n_layers = 2), got 5"), std::string::npos) << skip;
+  kvevict::L2Norm crowded;
+  crowded.sinks = 4;
+  crowded.recent = 4;
+  const std::string budget = error_of([&] { kvevict::L2NormCache c(shape, crowded); });
+  EXPECT_NE(budget.find("budget: expected > sinks + recent = 8, got 8"), std::string::npos) << budget;
+  kvevict::AhaKV wide;
+  wide.recent = 8;
+  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, wide); }).find("recent"), std::string::npos);
+}
+}  // namespace

@@ -13,4 +13,10 @@ if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_link_options(kvevict_dev_settings INTERFACE -fsanitize=address,undefined -fno-sanitize-recover=all)
   endif()
 endif()
+if(KVEVICT_NATIVE)
+  # GCC 12 reports false maybe-uninitialized and array-bounds warnings inside its own AVX-512 intrinsics
+  # when Eigen uses them on short dynamic-size arrays (code paths guarded by a size check it cannot see).
+  target_compile_options(kvevict_dev_settings INTERFACE -march=native
+                         $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized -Wno-array-bounds>)
+endif()
 set_target_properties(kvevict_dev_settings PROPERTIES INTERFACE_CXX_EXTENSIONS OFF)

@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: Apache-2.0
+// A Llama-family forward pass on Eigen that keeps its K/V in kvevict caches: RMSNorm, RoPE (applied by the
+// cache, in the file's adjacent-pair layout), GQA attention through KVCache, SwiGLU, tied output. Several
+// sequences, each with its own cache and policy, run through one call so the weights are read once per step.
+#ifndef KVEVICT_EXAMPLES_LLAMA_MODEL_HPP
+#define KVEVICT_EXAMPLES_LLAMA_MODEL_HPP
+
+#include <Eigen/Core>
+#include <cmath>
+#include <kvevict/kvevict.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gguf.hpp"
+
+namespace llama {
+
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct Config {
+  int n_layers, n_embd, n_heads, n_kv_heads, head_dim, n_ff, vocab;
+  double rms_eps, rope_theta;
+};
+
+/// One sequence's cache, whatever its policy: the engine needs one virtual call per layer and sequence,
+/// so the policy can be chosen at run time; inside, KVCache is fully static.
+class SequenceCache {
+ public:
+  virtual ~SequenceCache() = default;
+  virtual void forward(int layer, const Eigen::Ref<const Matrix>& q, const Eigen::Ref<const Matrix>& k,
+                       const Eigen::Ref<const Matrix>& v, Eigen::Ref<Matrix> out) = 0;
+  virtual void clear() = 0;
+  virtual int size(int layer, int kv_head) const = 0;
+  virtual int max_chunk() const = 0;
+};
+
+template <class Policy>
+class CacheOf final : public SequenceCache {
+ public:
+  CacheOf(const kvevict::Shape& shape, const Policy& policy, const kvevict::CacheOptions& options)
+      : cache(shape, policy, options) {}
+  void forward(int layer, const Eigen::Ref<const Matrix>& q, const Eigen::Ref<const Matrix>& k,
+               const Eigen::Ref<const Matrix>& v, Eigen::Ref<Matrix> out) override {
+    cache.forward(layer, q, k, v, out);
+  }
+  void clear() override { cache.clear(); }
+  int size(int layer, int kv_head) const override { return cache.size(layer, kv_head); }
+  int max_chunk() const override { return cache.options().max_chunk; }
+  kvevict::KVCache<float, Policy> cache;
+};
+
+/// Tokens of one sequence to run in one call, with the cache they extend.
+struct Segment {
+  SequenceCache* cache;
+  const int* tokens;
+  int n_tokens;
+};
+
+class Model {
+ public:
+  explicit Model(const gguf::File& file) {
+    if (file.get<std::string>("general.architecture") != "llama")
+      throw gguf::GgufError("only the llama architecture is supported");
+    c_.n_layers = int(file.integer("llama.block_count"));
+    c_.n_embd = int(file.integer("llama.embedding_length"));
+    c_.n_heads = int(file.integer("llama.attention.head_count"));
+    c_.n_kv_heads = int(file.integer("llama.attention.head_count_kv"));
+    c_.n_ff = int(file.integer("llama.feed_forward_length"));
+    c_.head_dim = c_.n_embd / c_.n_heads;
+    c_.rms_eps = file.number("llama.attention.layer_norm_rms_epsilon");
+    c_.rope_theta = file.has("llama.rope.freq_base") ? file.number("llama.rope.freq_base") : 10000.0;
+    if (file.has("llama.rope.dimension_count") && file.integer("llama.rope.dimension_count") != c_.head_dim)
+      throw gguf::GgufError("partial RoPE is not supported");
+    embed_ = load(file, "token_embd.weight");
+    c_.vocab = int(embed_.rows());
+    output_norm_ = load(file, "output_norm.weight");
+    for (int l = 0; l < c_.n_layers; ++l) {
+      const std::string p = "blk." + std::to_string(l) + ".";
+      Layer layer;
+      layer.attn_norm = load(file, p + "attn_norm.weight");
+      layer.ffn_norm = load(file, p + "ffn_norm.weight");
+      layer.wq = load(file, p + "attn_q.weight", c_.n_embd, c_.n_embd);
+      layer.wk = load(file, p + "attn_k.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
+      layer.wv = load(file, p + "attn_v.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
+      layer.wo = load(file, p + "attn_output.weight", c_.n_embd, c_.n_embd);
+      layer.gate = load(file, p + "ffn_gate.weight", c_.n_ff, c_.n_embd);
+      layer.up = load(file, p + "ffn_up.weight", c_.n_ff, c_.n_embd);
+      layer.down = load(file, p + "ffn_down.weight", c_.n_embd, c_.n_ff);
+      layers_.push_back(std::move(layer));
+    }
+  }
+
+  const Config& config() const { return c_; }
+
+  kvevict::Shape shape(int budget) const {
+    return kvevict::Shape{c_.n_layers, c_.n_heads, c_.n_kv_heads, c_.head_dim, budget};
+  }
+  kvevict::CacheOptions cache_options(int max_chunk = 64) const {
+    kvevict::CacheOptions o;
+    o.max_chunk = max_chunk;
+    o.rope = kvevict::Rope(c_.head_dim, c_.rope_theta, kvevict::RopeLayout::adjacent);  // GGUF's Q/K permutation
+    return o;
+  }
+  template <class Policy>
+  std::unique_ptr<SequenceCache> make_cache(int budget, const Policy& policy = Policy{}, int max_chunk = 64) const {
+    return std::make_unique<CacheOf<Policy>>(shape(budget), policy, cache_options(max_chunk));
+  }
+
+  /// Runs every segment through the model; returns logits of each segment's last token (segment order),
+  /// or of every token when `all_logits`. @pre each segment fits its cache's max_chunk
+  Matrix forward(const std::vector<Segment>& segments, bool all_logits = false) const {
+    // Activations are column-major, one column per token: W * X puts the long dimension (the weight's rows)
+    // where Eigen splits work across threads, and a column-major (width x T) block is exactly the row-major
+    // (T x width) matrix the cache takes, so no copies between the two.
+    using Columns = Eigen::MatrixXf;
+    int rows = 0;
+    for (const auto& s : segments) rows += s.n_tokens;
+    Columns x(c_.n_embd, rows);
+    {
+      int r = 0;
+      for (const auto& s : segments)
+        for (int t = 0; t < s.n_tokens; ++t) x.col(r++) = embed_.row(s.tokens[t]).transpose();
+    }
+    const int kv_width = c_.n_kv_heads * c_.head_dim;
+    Columns h(c_.n_embd, rows), q(c_.n_embd, rows), k(kv_width, rows), v(kv_width, rows), attn(c_.n_embd, rows),
+        gate(c_.n_ff, rows), up(c_.n_ff, rows), tmp_embd(c_.n_embd, rows);
+    auto as_rows = [](Columns& m, int first, int n) {
+      return Eigen::Map<Matrix>(m.data() + std::ptrdiff_t(first) * m.rows(), n, m.rows());
+    };
+    std::vector<int> first(segments.size() + 1, 0);
+    for (std::size_t i = 0; i < segments.size(); ++i) first[i + 1] = first[i] + segments[i].n_tokens;
+    for (int l = 0; l < c_.n_layers; ++l) {
+      const Layer& w = layers_[std::size_t(l)];
+      rms_norm(x, w.attn_norm, h);
+      matmul(w.wq, h, q);
+      matmul(w.wk, h, k);
+      matmul(w.wv, h, v);
+      // Sequences own separate caches, so they attend in parallel.
+#pragma omp parallel for schedule(dynamic)
+      for (int i = 0; i < int(segments.size()); ++i) {
+        const auto& s = segments[std::size_t(i)];
+        const int f = first[std::size_t(i)];
+        s.cache->forward(l, as_rows(q, f, s.n_tokens), as_rows(k, f, s.n_tokens), as_rows(v, f, s.n_tokens),
+                         as_rows(attn, f, s.n_tokens));
+      }
+      matmul(w.wo, attn, tmp_embd);
+      x += tmp_embd;
+      rms_norm(x, w.ffn_norm, h);
+      matmul(w.gate, h, gate);
+      matmul(w.up, h, up);
+      gate = (gate.array() / (1.0f + (-gate.array()).exp()) * up.array()).matrix();  // SiLU(gate) * up
+      matmul(w.down, gate, tmp_embd);
+      x += tmp_embd;
+    }
+    rms_norm(x, output_norm_, h);
+    Columns logits(c_.vocab, all_logits ? rows : Eigen::Index(segments.size()));
+    if (all_logits) {
+      matmul(embed_, h, logits);
+    } else {
+      Columns last(c_.n_embd, Eigen::Index(segments.size()));
+      for (std::size_t i = 0; i < segments.size(); ++i) last.col(Eigen::Index(i)) = h.col(first[i + 1] - 1);
+      matmul(embed_, last, logits);
+    }
+    return logits.transpose();
+  }
+
+  /// Feeds `n` tokens of one sequence in chunks of its max_chunk; returns the last token's logits.
+  Eigen::RowVectorXf prefill(SequenceCache& cache, const int* tokens, int n) const {
+    Matrix logits;
+    for (int t = 0; t < n; t += cache.max_chunk()) {
+      const int chunk = std::min(cache.max_chunk(), n - t);
+      logits = forward({Segment{&cache, tokens + t, chunk}});
+    }
+    return logits.row(0);
+  }
+
+ private:
+  struct Layer {
+    Eigen::RowVectorXf attn_norm, ffn_norm;
+    Matrix wq, wk, wv, wo, gate, up, down;
+  };
+
+  // out = w * x for a few columns x: every weight row is read once and dotted with all columns while in
+  // cache (a lazy product, blocks of rows across threads). Eigen's GEMM would repack the whole weight on
+  // every call, which at a handful of columns costs more than the arithmetic.
+  static void matmul(const Matrix& w, const Eigen::MatrixXf& x, Eigen::MatrixXf& out) {
+    constexpr Eigen::Index kRows = 64;
+    const Eigen::Index n = w.rows();
+    Matrix by_rows(n, x.cols());
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index b = 0; b < n; b += kRows) {
+      const Eigen::Index m = std::min(kRows, n - b);
+      by_rows.middleRows(b, m).noalias() = w.middleRows(b, m).lazyProduct(x);
+    }
+    out = by_rows;
+  }
+
+  static Matrix load(const gguf::File& file, const std::string& name, int rows = -1, int cols = -1) {
+    const auto& t = file.tensor(name);
+    const auto n_cols = Eigen::Index(t.dims[0]);
+    const auto n_rows = Eigen::Index(t.n_elements / t.dims[0]);
+    if ((rows >= 0 && n_rows != rows) || (cols >= 0 && n_cols != cols))
+      throw gguf::GgufError("tensor " + name + ": unexpected shape " + std::to_string(n_rows) + "x" +
+                            std::to_string(n_cols));
+    Matrix m(n_rows, n_cols);
+    gguf::dequantize(t, m.data());
+    return m;
+  }
+
+  void rms_norm(const Eigen::MatrixXf& x, const Eigen::RowVectorXf& weight, Eigen::MatrixXf& out) const {
+    for (Eigen::Index r = 0; r < x.cols(); ++r) {
+      const float scale = 1.0f / std::sqrt(x.col(r).squaredNorm() / float(x.rows()) + float(c_.rms_eps));
+      out.col(r) = (x.col(r) * scale).cwiseProduct(weight.transpose());
+    }
+  }
+
+  Config c_{};
+  Matrix embed_;
+  Eigen::RowVectorXf output_norm_;
+  std::vector<Layer> layers_;
+};
+
+/// -log p(target) from a row of logits.
+inline double nll(const Eigen::Ref<const Eigen::RowVectorXf>& logits, int target) {
+  const double m = double(logits.maxCoeff());
+  const double lse = m + std::log((logits.array().cast<double>() - m).exp().sum());
+  return lse - double(logits[target]);
+}
+
+}  // namespace llama
+
+#endif  // KVEVICT_EXAMPLES_LLAMA_MODEL_HPP

@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: Apache-2.0
+// GPT-2-style byte-level BPE from GGUF metadata (tokenizer.ggml.tokens / merges), with the "smollm"
+// pre-tokenizer: every digit on its own, then the GPT-2 split
+//   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// written out as a scanner. Unicode classes are approximated by ranges (Latin, Greek, Cyrillic, CJK
+// letters; ASCII digits): exact for ASCII text such as the Austen novels.
+#ifndef KVEVICT_EXAMPLES_LLAMA_TOKENIZER_HPP
+#define KVEVICT_EXAMPLES_LLAMA_TOKENIZER_HPP
+
+#include <climits>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gguf.hpp"
+
+namespace llama {
+
+class Tokenizer {
+ public:
+  explicit Tokenizer(const gguf::File& file) {
+    if (file.get<std::string>("tokenizer.ggml.model") != "gpt2")
+      throw gguf::GgufError("tokenizer: only the gpt2 (byte-level BPE) model is supported");
+    tokens_ = file.get<std::vector<std::string>>("tokenizer.ggml.tokens");
+    for (std::size_t i = 0; i < tokens_.size(); ++i) id_[tokens_[i]] = int(i);
+    const auto& merges = file.get<std::vector<std::string>>("tokenizer.ggml.merges");
+    for (std::size_t i = 0; i < merges.size(); ++i) rank_[merges[i]] = int(i);
+    for (int b = 0; b < 256; ++b) {
+      byte_to_symbol_[b] = utf8(byte_codepoint(b));
+      symbol_to_byte_[byte_to_symbol_[b]] = b;
+    }
+  }
+
+  int vocab_size() const { return int(tokens_.size()); }
+  const std::string& token(int id) const { return tokens_.at(std::size_t(id)); }
+
+  std::vector<int> encode(const std::string& text) const {
+    std::vector<int> ids;
+    for (const std::string& piece : pre_tokenize(text)) {
+      auto cached = cache_.find(piece);
+      if (cached == cache_.end()) cached = cache_.emplace(piece, bpe(piece)).first;
+      ids.insert(ids.end(), cached->second.begin(), cached->second.end());
+    }
+    return ids;
+  }
+
+  std::string decode(const std::vector<int>& ids) const {
+    std::string out;
+    for (int id : ids) {
+      const std::string& t = token(id);
+      for (std::size_t i = 0; i < t.size();) {
+        const std::size_t n = utf8_length(static_cast<unsigned char>(t[i]));
+        auto it = symbol_to_byte_.find(t.substr(i, n));
+        if (it != symbol_to_byte_.end())
+          out.push_back(char(it->second));
+        else
+          out += t.substr(i, n);
+        i += n;
+      }
+    }
+    return out;
+  }
+
+  /// The pieces BPE runs on, as UTF-8 strings.
+  static std::vector<std::string> pre_tokenize(const std::string& text) {
+    const std::vector<std::uint32_t> cps = codepoints(text);
+    std::vector<std::string> pieces;
+    std::size_t start = 0;
+    for (std::size_t i = 0; i <= cps.size(); ++i) {  // digits split off first, each on its own
+      if (i < cps.size() && !is_number(cps[i])) continue;
+      gpt2_split(cps, start, i, pieces);
+      if (i < cps.size()) pieces.push_back(utf8(cps[i]));
+      start = i + 1;
+    }
+    return pieces;
+  }
+
+ private:
+  static bool is_space(std::uint32_t c) {
+    return c == ' ' || (c >= 9 && c <= 13) || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+           c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+  }
+  static bool is_number(std::uint32_t c) {
+    return (c >= '0' && c <= '9') || c == 0xB2 || c == 0xB3 || c == 0xB9 || (c >= 0xBC && c <= 0xBE);
+  }
+  static bool is_letter(std::uint32_t c) {
+    if (c < 0x80) return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    if (c == 0xAA || c == 0xB5 || c == 0xBA) return true;
+    if (c >= 0xC0 && c <= 0x24F) return c != 0xD7 && c != 0xF7;
+    return (c >= 0x370 && c <= 0x3FF && c != 0x37E && c != 0x387) || (c >= 0x400 && c <= 0x52F) ||
+           (c >= 0x1E00 && c <= 0x1FFF) || (c >= 0x3040 && c <= 0x30FF) || (c >= 0x4E00 && c <= 0x9FFF) ||
+           (c >= 0xAC00 && c <= 0xD7A3);
+  }
+
+  // GPT-2's split of cps[begin, end).
+  static void gpt2_split(const std::vector<std::uint32_t>& cps, std::size_t begin, std::size_t end,
+                         std::vector<std::string>& out) {
+    auto at = [&](std::size_t i) -> std::uint32_t { return i < end ? cps[i] : 0; };
+    auto emit = [&](std::size_t from, std::size_t to) {
+      std::string s;
+      for (std::size_t i = from; i < to; ++i) s += utf8(cps[i]);
+      out.push_back(std::move(s));
+    };
+    auto other = [&](std::uint32_t c) { return !is_space(c) && !is_letter(c) && !is_number(c); };
+    std::size_t i = begin;
+    while (i < end) {
+      const std::uint32_t c = cps[i];
+      if (c == '\'' && i + 1 < end) {
+        const std::uint32_t n1 = at(i + 1), n2 = at(i + 2);
+        if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') {
+          emit(i, i + 2);
+          i += 2;
+          continue;
+        }
+        if (i + 2 < end && ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l'))) {
+          emit(i, i + 3);
+          i += 3;
+          continue;
+        }
+      }
+      const std::size_t j = (c == ' ' && i + 1 < end) ? i + 1 : i;  // the optional leading space
+      const std::uint32_t head = cps[j];
+      std::size_t k = j;
+      if (is_letter(head)) {
+        while (k < end && is_letter(cps[k])) ++k;
+      } else if (is_number(head)) {
+        while (k < end && is_number(cps[k])) ++k;
+      } else if (other(head)) {
+        while (k < end && other(cps[k])) ++k;
+      }
+      if (k > j) {
+        emit(i, k);
+        i = k;
+        continue;
+      }
+      // Whitespace: \s+(?!\S) leaves the last space of a run for the token after it; else \s+.
+      std::size_t w = i;
+      while (w < end && is_space(cps[w])) ++w;
+      if (w < end && w - i > 1) w -= 1;
+      emit(i, w);
+      i = w;
+    }
+  }
+
+  std::vector<int> bpe(const std::string& piece) const {
+    std::vector<std::string> symbols;
+    for (char c : piece) symbols.push_back(byte_to_symbol_[static_cast<unsigned char>(c)]);
+    while (symbols.size() > 1) {
+      int best = INT_MAX;
+      std::size_t at = 0;
+      for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
+        auto it = rank_.find(symbols[i] + " " + symbols[i + 1]);
+        if (it != rank_.end() && it->second < best) {
+          best = it->second;
+          at = i;
+        }
+      }
+      if (best == INT_MAX) break;
+      symbols[at] += symbols[at + 1];
+      symbols.erase(symbols.begin() + std::ptrdiff_t(at) + 1);
+    }
+    std::vector<int> ids;
+    for (const auto& s : symbols) {
+      auto it = id_.find(s);
+      if (it != id_.end()) {
+        ids.push_back(it->second);
+        continue;
+      }
+      for (std::size_t i = 0; i < s.size();) {  // not in the vocabulary: one token per byte symbol
+        const std::size_t n = utf8_length(static_cast<unsigned char>(s[i]));
+        ids.push_back(id_.at(s.substr(i, n)));
+        i += n;
+      }
+    }
+    return ids;
+  }
+
+  // GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256 + n.
+  static std::uint32_t byte_codepoint(int b) {
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) return std::uint32_t(b);
+    int n = 0;
+    for (int x = 0; x < b; ++x)
+      if (!((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF))) ++n;
+    return std::uint32_t(256 + n);
+  }
+  static std::size_t utf8_length(unsigned char lead) {
+    return lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 1;
+  }
+  static std::string utf8(std::uint32_t c) {
+    std::string s;
+    if (c < 0x80) {
+      s += char(c);
+    } else if (c < 0x800) {
+      s += char(0xC0 | (c >> 6));
+      s += char(0x80 | (c & 0x3F));
+    } else if (c < 0x10000) {
+      s += char(0xE0 | (c >> 12));
+      s += char(0x80 | ((c >> 6) & 0x3F));
+      s += char(0x80 | (c & 0x3F));
+    } else {
+      s += char(0xF0 | (c >> 18));
+      s += char(0x80 | ((c >> 12) & 0x3F));
+      s += char(0x80 | ((c >> 6) & 0x3F));
+      s += char(0x80 | (c & 0x3F));
+    }
+    return s;
+  }
+  static std::vector<std::uint32_t> codepoints(const std::string& text) {
+    std::vector<std::uint32_t> out;
+    for (std::size_t i = 0; i < text.size();) {
+      const auto lead = static_cast<unsigned char>(text[i]);
+      std::size_t n = utf8_length(lead);
+      if (i + n > text.size()) n = 1;
+      std::uint32_t c = n == 1 ? lead : lead & (0xFF >> (n + 1));
+      for (std::size_t k = 1; k < n; ++k) c = (c << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
+      out.push_back(c);
+      i += n;
+    }
+    return out;
+  }
+
+  std::vector<std::string> tokens_;
+  std::unordered_map<std::string, int> id_, rank_;
+  std::string byte_to_symbol_[256];
+  std::unordered_map<std::string, int> symbol_to_byte_;
+  mutable std::unordered_map<std::string, std::vector<int>> cache_;
+};
+
+}  // namespace llama
+
+#endif  // KVEVICT_EXAMPLES_LLAMA_TOKENIZER_HPP

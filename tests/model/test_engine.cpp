@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: Apache-2.0
+// The example engine against llama.cpp's outputs on the same file (tests/golden, made by
+// scripts/make_golden.sh), and the StreamingLLM paper's headline claim on real text.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <memory>
+
+#include "model.hpp"
+#include "model_assets.hpp"
+#include "tokenizer.hpp"
+
+namespace {
+
+struct Engine {
+  gguf::File file{assets::model()};
+  llama::Model model{file};
+  llama::Tokenizer tokenizer{file};
+};
+
+const Engine& engine() {
+  static const Engine e;
+  return e;
+}
+
+std::string golden(const std::string& name) { return assets::read(std::string(KVEVICT_GOLDEN_DIR) + "/" + name); }
+
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\' || i + 1 == s.size()) {
+      out += s[i];
+      continue;
+    }
+    const char c = s[++i];
+    out += c == 'n' ? '\n' : c == 't' ? '\t' : c;
+  }
+  return out;
+}
+
+TEST(Engine, TokenizerMatchesLlamaCppOnAustenPassages) {
+  std::istringstream lines(golden("tokens.txt"));
+  int passages = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream in(line);
+    std::string novel, colon;
+    std::size_t first = 0, length = 0;
+    in >> novel >> first >> length >> colon;
+    const std::vector<int> expected = assets::ints(in);
+    const std::string text = assets::read(assets::novel(novel)).substr(first, length);
+    EXPECT_EQ(engine().tokenizer.encode(text), expected) << novel << " from " << first;
+    EXPECT_EQ(engine().tokenizer.decode(expected), text);
+    ++passages;
+  }
+  EXPECT_EQ(passages, 6);
+}
+
+// Measured against llama.cpp 0.3.36 (CPU, which multiplies Q4_1 weights by activations rounded to 8 bits
+// while this engine multiplies dequantised floats): the largest difference over llama.cpp's top 20 logits
+// of the eight prompts was 0.68; the top-1 token agreed on 7 of 8, the eighth being a near tie in llama.cpp
+// (13.065 against 13.023) that the engine resolved the other way. Bounds: differences below 1.0; the same
+// top-1 wherever llama.cpp's lead exceeds 0.5, else one of its top two.
+TEST(Engine, NextTokenLogitsMatchLlamaCpp) {
+  std::istringstream lines(golden("logits.txt"));
+  double largest = 0.0;
+  int prompts = 0, same_top1 = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("prompt ", 0) != 0) continue;
+    const std::string prompt = unescape(line.substr(7));
+    std::string ids_line, top_line;
+    std::getline(lines, ids_line);
+    std::getline(lines, top_line);
+    std::istringstream ids_in(ids_line.substr(4));
+    const std::vector<int> ids = assets::ints(ids_in);
+    ASSERT_EQ(engine().tokenizer.encode(prompt), ids) << prompt;
+    auto cache = engine().model.make_cache<kvevict::Dense>(int(ids.size()));
+    const Eigen::RowVectorXf logits = engine().model.prefill(*cache, ids.data(), int(ids.size()));
+    std::vector<std::pair<int, double>> top;
+    std::istringstream top_in(top_line.substr(4));
+    for (std::string pair; top_in >> pair;)
+      top.emplace_back(std::stoi(pair.substr(0, pair.find(':'))), std::stod(pair.substr(pair.find(':') + 1)));
+    ASSERT_GE(top.size(), 2u);
+    for (const auto& [id, expected] : top) largest = std::max(largest, std::abs(double(logits[id]) - expected));
+    Eigen::Index mine;
+    logits.maxCoeff(&mine);
+    same_top1 += int(mine) == top[0].first;
+    if (top[0].second - top[1].second > 0.5)
+      EXPECT_EQ(int(mine), top[0].first) << "top-1 differs for: " << prompt;
+    else
+      EXPECT_TRUE(int(mine) == top[0].first || int(mine) == top[1].first) << "not in llama.cpp's top 2: " << prompt;
+    ++prompts;
+  }
+  EXPECT_EQ(prompts, 8);
+  std::printf("largest logit difference over llama.cpp's top 20: %.4f; same top-1 on %d of %d prompts\n", largest,
+              same_top1, prompts);
+  EXPECT_LT(largest, 1.0);
+}
+
+// Measured: the engine's argmax after each of 256 tokens of Emma agreed with llama.cpp's at 251 (98.0%).
+TEST(Engine, TopOneAgreesWithLlamaCppAlongAPassage) {
+  std::istringstream lines(golden("passage_top1.txt"));
+  std::vector<int> ids, top1;
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream in(line.substr(line.find(' ') + 1));
+    if (line.rfind("ids ", 0) == 0) ids = assets::ints(in);
+    if (line.rfind("top1 ", 0) == 0) top1 = assets::ints(in);
+  }
+  ASSERT_EQ(ids.size(), top1.size());
+  auto cache = engine().model.make_cache<kvevict::Dense>(int(ids.size()));
+  int agree = 0;
+  for (std::size_t t = 0; t < ids.size(); t += 64) {
+    const int n = int(std::min<std::size_t>(64, ids.size() - t));
+    const llama::Matrix logits = engine().model.forward({llama::Segment{cache.get(), &ids[t], n}}, true);
+    for (int r = 0; r < n; ++r) {
+      Eigen::Index best;
+      logits.row(r).maxCoeff(&best);
+      agree += int(best) == top1[t + std::size_t(r)];
+    }
+  }
+  const double rate = double(agree) / double(ids.size());
+  std::printf("top-1 agreement with llama.cpp: %d of %zu (%.1f%%)\n", agree, ids.size(), 100 * rate);
+  EXPECT_GE(rate, 0.95);
+}
+
+// The StreamingLLM claim on real text (Pride and Prejudice, 512 tokens from chapter 1, cache of 64):
+// window attention collapses once the text passes the budget; four attention sinks hold it near dense.
+// Measured: dense 16.52, window 252.49 (15.3x), StreamingLLM 19.48 (1.18x). Bounds: window > 3x
+// dense, StreamingLLM < 1.35x dense.
+TEST(Engine, WindowCollapsesWhileAttentionSinksHold) {
+  const auto& e = engine();
+  const std::string text = assets::read(assets::novel("prideprejudice"));
+  std::vector<int> ids = e.tokenizer.encode(text.substr(text.find("It is a truth"), 4000));
+  ids.resize(512);
+  std::vector<std::unique_ptr<llama::SequenceCache>> caches;
+  caches.push_back(e.model.make_cache<kvevict::Dense>(512, {}, 1));
+  caches.push_back(e.model.make_cache<kvevict::Window>(64, {}, 1));
+  caches.push_back(e.model.make_cache(64, kvevict::StreamingLLM{4}, 1));
+  std::vector<double> nll(caches.size(), 0.0);
+  for (std::size_t t = 0; t + 1 < ids.size(); ++t) {
+    std::vector<llama::Segment> segments;
+    for (auto& c : caches) segments.push_back({c.get(), &ids[t], 1});
+    const llama::Matrix logits = e.model.forward(segments);
+    for (std::size_t i = 0; i < caches.size(); ++i) nll[i] += llama::nll(logits.row(Eigen::Index(i)), ids[t + 1]);
+  }
+  const double n = double(ids.size() - 1);
+  const double dense = std::exp(nll[0] / n), window = std::exp(nll[1] / n), streaming = std::exp(nll[2] / n);
+  std::printf("perplexity: dense %.2f, window %.2f, streaming_llm %.2f\n", dense, window, streaming);
+  EXPECT_GT(window, 3.0 * dense);
+  EXPECT_LT(streaming, 1.35 * dense);
+  EXPECT_EQ(caches[1]->size(29, 2), 64);
+}
+}  // namespace

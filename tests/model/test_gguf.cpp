@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+// The GGUF reader on the real file, and on truncated and bit-flipped copies of it: a clear GgufError,
+// never a crash (this suite also runs under AddressSanitizer).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <random>
+
+#include "gguf.hpp"
+#include "model_assets.hpp"
+
+namespace {
+
+std::string temp_path(const char* tag) {
+  return ::testing::TempDir() + "kvevict_" + tag + "_" + std::to_string(::getpid()) + ".gguf";
+}
+
+const std::string& model_bytes() {
+  static const std::string bytes = assets::read(assets::model());
+  return bytes;
+}
+
+void write_prefix(const std::string& to, std::size_t n) {
+  std::ofstream out(to, std::ios::binary);
+  out.write(model_bytes().data(), std::streamsize(std::min(n, model_bytes().size())));
+}
+
+TEST(Gguf, ReadsTheRealFile) {
+  const gguf::File f(assets::model());
+  EXPECT_EQ(f.version(), 3u);
+  EXPECT_EQ(f.get<std::string>("general.architecture"), "llama");
+  EXPECT_EQ(f.integer("llama.block_count"), 30);
+  EXPECT_EQ(f.integer("llama.attention.head_count_kv"), 3);
+  EXPECT_EQ(f.tensors().size(), 272u);
+  const auto& embd = f.tensor("token_embd.weight");
+  EXPECT_EQ(embd.type, gguf::Type::Q8_0);
+  EXPECT_EQ(embd.dims, (std::vector<std::uint64_t>{576, 49152}));
+  EXPECT_EQ(f.tensor("blk.0.attn_q.weight").type, gguf::Type::Q4_1);
+}
+
+TEST(Gguf, DequantisesQ4_1AndQ8_0BlocksByTheirFormulas) {
+  // Q4_1: d = 0.5, m = -1, nibbles 0..15 -> d*q + m; Q8_0: d = 0.25, q = -3 -> -0.75.
+  std::uint8_t q41[20] = {0x00, 0x38, 0x00, 0xBC};  // fp16 0.5, fp16 -1.0
+  for (int i = 0; i < 16; ++i) q41[4 + i] = std::uint8_t(i | ((15 - i) << 4));
+  gguf::TensorInfo t{"t", {32}, gguf::Type::Q4_1, 0, 32, 20, q41};
+  float out[32];
+  gguf::dequantize(t, out);
+  EXPECT_FLOAT_EQ(out[0], -1.0f);
+  EXPECT_FLOAT_EQ(out[15], 6.5f);
+  EXPECT_FLOAT_EQ(out[16], 6.5f);  // high nibble of byte 0 is 15
+  EXPECT_FLOAT_EQ(out[31], -1.0f);
+  std::uint8_t q80[34] = {0x00, 0x34};  // fp16 0.25
+  q80[2] = std::uint8_t(-3);
+  gguf::TensorInfo t8{"t8", {32}, gguf::Type::Q8_0, 0, 32, 34, q80};
+  gguf::dequantize(t8, out);
+  EXPECT_FLOAT_EQ(out[0], -0.75f);
+  EXPECT_FLOAT_EQ(out[1], 0.0f);
+}
+
+TEST(Gguf, TruncatedCopiesGiveAClearError) {
+  const std::string path = temp_path("truncated");
+  const std::size_t size = model_bytes().size();
+  for (std::size_t n : {std::size_t(0), std::size_t(3), std::size_t(8), std::size_t(23), std::size_t(100),
+                        std::size_t(5000), std::size_t(1000000), std::size_t(1785000), size / 2, size - 1}) {
+    write_prefix(path, n);
+    try {
+      gguf::File f(path);
+      ADD_FAILURE() << "a copy cut at " << n << " bytes was accepted";
+    } catch (const gguf::GgufError& e) {
+      const std::string what = e.what();
+      EXPECT_TRUE(what.find("truncated or corrupt file") != std::string::npos ||
+                  what.find("not a GGUF") != std::string::npos)
+          << "cut at " << n << ": " << what;
+    }
+  }
+  std::remove(path.c_str());
+}
+
+TEST(Gguf, BitFlippedHeadersNeverCrash) {
+  const std::string path = temp_path("flipped");
+  const std::string& original = model_bytes();
+  { std::ofstream(path, std::ios::binary).write(original.data(), std::streamsize(original.size())); }
+  const int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  std::mt19937 rng(2026);
+  // The header and tensor table (the first ~1.8 MB) are what the reader interprets; tensor data is just bytes.
+  std::uniform_int_distribution<std::size_t> where(0, 1785000);
+  int rejected = 0, accepted = 0;
+  for (int i = 0; i < 60; ++i) {
+    const std::size_t at = i < 24 ? std::size_t(i) : where(rng);  // every byte of the fixed header, then anywhere
+    const auto flipped = static_cast<char>(original[at] ^ (1 << (i % 8)));
+    ASSERT_EQ(::pwrite(fd, &flipped, 1, off_t(at)), 1);
+    try {
+      gguf::File f(path);
+      ++accepted;  // a flip inside a string or a value can leave a valid file
+    } catch (const gguf::GgufError&) {
+      ++rejected;
+    }
+    ASSERT_EQ(::pwrite(fd, &original[at], 1, off_t(at)), 1);
+  }
+  ::close(fd);
+  std::remove(path.c_str());
+  EXPECT_GT(rejected, 0);
+  EXPECT_EQ(rejected + accepted, 60);
+}
+
+TEST(Gguf, MissingFileIsNamed) {
+  try {
+    gguf::File f("/nonexistent/model.gguf");
+    FAIL();
+  } catch (const gguf::GgufError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/model.gguf"), std::string::npos);
+  }
+}
+}  // namespace

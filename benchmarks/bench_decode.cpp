@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // One decode step per policy (append + attention + evict) on a full cache, and the eviction alone.
+// Dense is absent: it never evicts, so it has no steady state; its step is the attention (bench_attention).
 #include <benchmark/benchmark.h>
 
 #include "bench_common.hpp"
@@ -40,6 +41,9 @@ void budgets(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_DecodeStep, window, kvevict::Window{})->Apply(budgets);
 BENCHMARK_CAPTURE(BM_DecodeStep, streaming_llm, kvevict::StreamingLLM{4})->Apply(budgets);
+BENCHMARK_CAPTURE(BM_DecodeStep, h2o, kvevict::H2O{})->Apply(budgets);
+BENCHMARK_CAPTURE(BM_DecodeStep, ahakv, kvevict::AhaKV{})->Apply(budgets);
+BENCHMARK_CAPTURE(BM_DecodeStep, l2_norm, kvevict::L2Norm{})->Apply(budgets);
 BENCHMARK_CAPTURE(BM_AppendEvict, window, kvevict::Window{})->Apply(budgets);
 BENCHMARK_CAPTURE(BM_AppendEvict, streaming_llm, kvevict::StreamingLLM{4})->Apply(budgets);
 

@@ -5,8 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 assets=$(bash scripts/fetch_assets.sh)
-venv="$assets/venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import llama_cpp, numpy" 2>/dev/null ||
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$venv/bin/pip" install --quiet numpy llama-cpp-python
-"$venv/bin/python" scripts/make_golden.py "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" "$assets/austen" tests/golden
+python=$(bash scripts/python_env.sh "$assets" numpy llama-cpp-python)
+"$python" scripts/make_golden.py "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" "$assets/austen" tests/golden

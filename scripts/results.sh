@@ -6,9 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 assets=$(bash scripts/fetch_assets.sh)
-venv="$assets/venv"
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import matplotlib" 2>/dev/null || "$venv/bin/pip" install --quiet matplotlib
+python=$(bash scripts/python_env.sh "$assets" matplotlib)
 cmake -S . -B build/results-build -DCMAKE_BUILD_TYPE=Release -DKVEVICT_NATIVE=ON -DKVEVICT_BUILD_TESTS=OFF \
   -DKVEVICT_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build build/results-build -j "$(nproc)" --target kvevict_eval
@@ -19,4 +17,4 @@ start=$(date +%s)
   --policies dense,window,recompute,streaming,h2o,ahakv,l2,streaming:0,streaming:1,streaming:2,streaming:8,streaming-nl \
   --recompute-every 64 --csv build/results/persuasion_nll.csv --attention-map build/results/attention_map.csv
 echo "evaluation took $(( $(date +%s) - start )) s"
-"$venv/bin/python" scripts/report.py build/results/persuasion_nll.csv build/results/attention_map.csv docs
+"$python" scripts/report.py build/results/persuasion_nll.csv build/results/attention_map.csv docs

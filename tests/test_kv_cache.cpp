@@ -68,6 +68,35 @@ INSTANTIATE_TEST_SUITE_P(MhaGqaMqa, DenseFromScratch,
                          ::testing::Values(Shape{2, 4, 4, 16, 40}, Shape{2, 6, 2, 32, 40}, Shape{1, 8, 1, 64, 40},
                                            Shape{1, 9, 3, 64, 24}));
 
+TEST(DoublePrecision, DenseCacheMatchesTheReferenceToRoundOff) {
+  const Shape shape{1, 6, 2, 16, 30};
+  const Stream<double> stream(shape, 30, 17);
+  CacheOptions options;
+  options.rope = kvevict::Rope(16, 10000.0, kvevict::RopeLayout::half_split);
+  kvevict::KVCache<double, kvevict::Dense> cache(shape, {}, options);
+  using MatrixD = kvevict::KVCache<double, kvevict::Dense>::Matrix;
+  MatrixD out(1, 96);
+  for (int t = 0; t < 30; ++t) cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+  // The last query against every key, from the definitions.
+  for (int h = 0; h < 6; ++h) {
+    std::vector<ref::Vec> keys, values;
+    for (int j = 0; j < 30; ++j) {
+      ref::Vec k(16), v(16);
+      for (int i = 0; i < 16; ++i) {
+        k[std::size_t(i)] = stream.k[0](j, (h / 3) * 16 + i);
+        v[std::size_t(i)] = stream.v[0](j, (h / 3) * 16 + i);
+      }
+      keys.push_back(ref::rope(k, j, 10000.0, kvevict::RopeLayout::half_split));
+      values.push_back(v);
+    }
+    ref::Vec q(16);
+    for (int i = 0; i < 16; ++i) q[std::size_t(i)] = stream.q[0](29, h * 16 + i);
+    const ref::Vec expected = ref::attention(ref::rope(q, 29, 10000.0, kvevict::RopeLayout::half_split), keys, values,
+                                             0.25, kvevict::Normalization::softmax);
+    for (int i = 0; i < 16; ++i) EXPECT_NEAR(out(0, h * 16 + i), expected[std::size_t(i)], 1e-12);
+  }
+}
+
 // ---- StreamingLLM equals from-scratch attention over the kept tokens at their in-cache positions --------
 
 class StreamingFromScratch : public ::testing::TestWithParam<kvevict::RopeLayout> {};

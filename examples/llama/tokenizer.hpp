@@ -212,8 +212,8 @@ class Tokenizer {
       const auto lead = static_cast<unsigned char>(text[i]);
       std::size_t n = utf8_length(lead);
       if (i + n > text.size()) n = 1;
-      std::uint32_t c = n == 1 ? lead : lead & (0xFF >> (n + 1));
-      for (std::size_t k = 1; k < n; ++k) c = (c << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3F);
+      std::uint32_t c = n == 1 ? lead : lead & (0xFFu >> (n + 1));
+      for (std::size_t k = 1; k < n; ++k) c = (c << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3Fu);
       out.push_back(c);
       i += n;
     }

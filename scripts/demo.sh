@@ -9,7 +9,7 @@ assets=$(bash scripts/fetch_assets.sh)
 cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DKVEVICT_NATIVE=ON -DKVEVICT_BUILD_TESTS=OFF \
   -DKVEVICT_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build build/demo -j "$(nproc)" --target kvevict_eval streaming_demo
-./build/demo/streaming_demo
+./build/demo/examples/streaming_demo
 ./build/demo/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" \
   --text "$assets/austen/persuasion.txt" --tokens 1024 --budgets 128,256 \
   --policies dense,window,recompute,streaming,h2o,ahakv,l2 --recompute-every 128

@@ -372,6 +372,10 @@ TEST(ScorePolicies, BadParametersAreNamed) {
   crowded.recent = 4;
   const std::string budget = error_of([&] { kvevict::L2NormCache c(shape, crowded); });
   EXPECT_NE(budget.find("budget: expected > sinks + recent = 8, got 8"), std::string::npos) << budget;
+  kvevict::L2Norm unsized;
+  unsized.skip_layers = {0};
+  const std::string size = error_of([&] { kvevict::L2NormCache c(shape, unsized); });
+  EXPECT_NE(size.find("uncompressed_budget: expected >= budget = 8"), std::string::npos) << size;
   kvevict::AhaKV wide;
   wide.recent = 8;
   EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, wide); }).find("recent"), std::string::npos);

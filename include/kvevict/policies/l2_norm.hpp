@@ -34,8 +34,12 @@ struct L2Norm {
   int uncompressed_budget = 0;   ///< tokens a skipped layer holds; set it to the longest sequence
 
   /// Per-layer budget: skipped layers get uncompressed_budget.
+  /// @throws InvalidArgument when a layer is skipped and uncompressed_budget is below the budget.
   int layer_budget(int layer, int budget) const {
-    return std::find(skip_layers.begin(), skip_layers.end(), layer) != skip_layers.end() ? uncompressed_budget : budget;
+    if (std::find(skip_layers.begin(), skip_layers.end(), layer) == skip_layers.end()) return budget;
+    KVEVICT_REQUIRE(uncompressed_budget >= budget, "uncompressed_budget",
+                    ">= budget = " + std::to_string(budget) + " when skip_layers is set", uncompressed_budget);
+    return uncompressed_budget;
   }
 
   /// @throws InvalidArgument for negative sinks or recent, a budget that does not exceed them, or a

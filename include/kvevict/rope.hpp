@@ -59,8 +59,8 @@ class Rope {
       // A step of +1 (in-cache positions re-rotating sinks every token) uses the precomputed rotation.
       const double angle = static_cast<double>(delta) * inv_freq_[f];
       const double c = delta == 1 ? cos_one_[f] : std::cos(angle), s = delta == 1 ? sin_one_[f] : std::sin(angle);
-      Scalar& a = row[i * stride];
-      Scalar& b = row[i * stride + partner];
+      Scalar& a = row[std::ptrdiff_t(i) * stride];
+      Scalar& b = row[std::ptrdiff_t(i) * stride + partner];
       const double x = static_cast<double>(a), y = static_cast<double>(b);
       a = static_cast<Scalar>(x * c - y * s);
       b = static_cast<Scalar>(x * s + y * c);

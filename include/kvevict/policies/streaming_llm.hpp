@@ -42,7 +42,7 @@ struct StreamingLLM {
   void on_append(const TokenView<Scalar>& token) {
     if (token.position >= sinks) fifo_.push_back(token.slot);
   }
-  int select(const SlotView&) { return fifo_.pop_front(); }
+  int select(const SlotView& /*slots*/) { return fifo_.pop_front(); }
   bool protects(std::int64_t position, std::int64_t newest) const {
     return position < sinks || position > newest - window_;
   }

@@ -27,7 +27,7 @@ struct Window {
   void on_append(const TokenView<Scalar>& token) {
     fifo_.push_back(token.slot);
   }
-  int select(const SlotView&) { return fifo_.pop_front(); }
+  int select(const SlotView& /*slots*/) { return fifo_.pop_front(); }
   bool protects(std::int64_t position, std::int64_t newest) const { return position > newest - window_; }
 
  private:

@@ -56,25 +56,24 @@ class KVCache {
   explicit KVCache(const Shape& shape, const Policy& policy = Policy{}, const CacheOptions& options = {})
       : shape_(validated(shape, options)), options_(options) {
     const int group = shape_.group_size();
-    int widest = 0;
+    std::vector<int> budgets;  // per layer: a policy may give some layers their own (L2's skipped layers)
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
-      const int budget = policy_traits<Policy>::layer_budget(policy, layer, shape_.budget);
-      KVEVICT_REQUIRE(budget > 0, "layer_budget", "> 0 for layer " + std::to_string(layer), budget);
-      widest = std::max(widest, budget + options_.max_chunk);
+      budgets.push_back(policy_traits<Policy>::layer_budget(policy, layer, shape_.budget));
+      KVEVICT_REQUIRE(budgets.back() > 0, "layer_budget", "> 0 for layer " + std::to_string(layer), budgets.back());
     }
     const std::size_t heads = std::size_t(shape_.n_layers) * std::size_t(shape_.n_kv_heads);
     heads_.reserve(heads);
     keys_.reserve(heads);
     values_.reserve(heads);
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
-      const int budget = policy_traits<Policy>::layer_budget(policy, layer, shape_.budget);
-      const int capacity = budget + options_.max_chunk;
+      const int budget = budgets[std::size_t(layer)], capacity = budget + options_.max_chunk;
       for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
         heads_.emplace_back(policy, HeadContext{layer, kv, shape_.n_layers, budget, capacity, shape_.head_dim, group});
         keys_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
         values_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
       }
     }
+    const int widest = *std::max_element(budgets.begin(), budgets.end()) + options_.max_chunk;
     queries_.resize(options_.max_chunk, std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim);
     probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, widest);
     if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());

@@ -166,8 +166,6 @@ struct policy_traits {
   static constexpr bool evicts = detail::evicts_flag<P>::value;
   static constexpr bool needs_logits = detail::needs_logits_flag<P>::value;
   static constexpr PositionMode position_mode = detail::position_mode_of<P>::value;
-  template <class Scalar>
-  static constexpr bool observes = detail::has_observe<P, Scalar>::value;
 
   /// The budget of `layer`: the policy's layer_budget() if it has one, else the shape's budget.
   static int layer_budget(const P& policy, int layer, int budget) {

@@ -28,7 +28,6 @@ class Ring {
 
   const T& operator[](int i) const { return data_[index(i)]; }
   T& operator[](int i) { return data_[index(i)]; }
-  const T& front() const { return (*this)[0]; }
 
   void push_back(const T& value) {
     assert(size_ < capacity());

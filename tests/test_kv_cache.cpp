@@ -163,8 +163,8 @@ TEST(StreamingLLM, OnlySinkRowsAreReRotated) {
 }
 
 // Streams run to millions of positions (the paper goes to 4M). The sink rows are re-rotated by +1 once per
-// token, each time rounded to float; the error grows as a random walk. Measured: 3.4e-4 after 1M tokens on
-// keys of magnitude 1.3 (head_dim 64); here 200k tokens, bound 2e-4.
+// token, each time rounded to float; the error grows as a random walk. Measured here (200k tokens, head_dim
+// 64, keys of magnitude about 1): largest error 6e-5, as the test prints; bound 2e-4.
 TEST(StreamingLLM, SinkKeysStayOnTheirExactRotationOverLongStreams) {
   const int d = 64;
   CacheOptions options;
@@ -184,7 +184,12 @@ TEST(StreamingLLM, SinkKeysStayOnTheirExactRotationOverLongStreams) {
     EXPECT_EQ(slots.rotated_at(s), 200000 - 8);  // the newest token sits 8 - 1 ranks after it
     const ref::Vec exact =
         ref::rope(head_row(first, 0, 0, d), double(slots.rotated_at(s)), 10000.0, kvevict::RopeLayout::adjacent);
-    for (int i = 0; i < d; ++i) EXPECT_NEAR(cache.keys(0, 0)(s, i), exact[std::size_t(i)], 2e-4);
+    double largest = 0.0;
+    for (int i = 0; i < d; ++i) {
+      EXPECT_NEAR(cache.keys(0, 0)(s, i), exact[std::size_t(i)], 2e-4);
+      largest = std::max(largest, std::abs(double(cache.keys(0, 0)(s, i)) - exact[std::size_t(i)]));
+    }
+    std::printf("sink key after 200000 tokens: largest error %.2g\n", largest);
     ++checked;
   }
   EXPECT_EQ(checked, 1);

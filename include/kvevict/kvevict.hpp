@@ -9,6 +9,7 @@
 #include "caches.hpp"
 #include "error.hpp"
 #include "evictor.hpp"
+#include "head_merge.hpp"
 #include "kv_cache.hpp"
 #include "policies/ahakv.hpp"
 #include "policies/dense.hpp"

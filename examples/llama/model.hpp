@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <kvevict/head_merge.hpp>
 #include "gguf.hpp"
 
 namespace llama {
@@ -109,7 +110,9 @@ class Model {
 
   /// Runs every segment through the model; returns logits of each segment's last token (segment order),
   /// or of every token when `all_logits`. @pre each segment fits its cache's max_chunk
-  Matrix forward(const std::vector<Segment>& segments, bool all_logits = false) const {
+  /// `kv_out`, when given, receives each layer's keys (before RoPE) and values, one row per token.
+  Matrix forward(const std::vector<Segment>& segments, bool all_logits = false,
+                 std::vector<std::pair<Matrix, Matrix>>* kv_out = nullptr) const {
     // Activations are column-major, one column per token: W * X puts the long dimension (the weight's rows)
     // where Eigen splits work across threads, and a column-major (width x T) block is exactly the row-major
     // (T x width) matrix the cache takes, so no copies between the two.
@@ -136,6 +139,10 @@ class Model {
       matmul(w.wq, h, q);
       matmul(w.wk, h, k);
       matmul(w.wv, h, v);
+      if (kv_out) {
+        kv_out->resize(layers_.size());
+        (*kv_out)[std::size_t(l)] = {k.transpose(), v.transpose()};
+      }
       // Sequences own separate caches, so they attend in parallel.
 #pragma omp parallel for schedule(dynamic)
       for (int i = 0; i < int(segments.size()); ++i) {
@@ -163,6 +170,51 @@ class Model {
       matmul(embed_, last, logits);
     }
     return logits.transpose();
+  }
+
+  /// Keys (before RoPE) and values of every layer for `n` tokens of text read from the start, in double:
+  /// the calibration data of kvevict::fit_head_merge.
+  std::vector<std::pair<Eigen::MatrixXd, Eigen::MatrixXd>> calibration_kv(const int* tokens, int n) const {
+    auto cache = make_cache<kvevict::Dense>(n);
+    std::vector<std::pair<Eigen::MatrixXd, Eigen::MatrixXd>> kv(layers_.size());
+    std::vector<std::pair<Matrix, Matrix>> chunk;
+    for (int t = 0; t < n; t += cache->max_chunk()) {
+      const int rows = std::min(cache->max_chunk(), n - t);
+      forward({Segment{cache.get(), tokens + t, rows}}, false, &chunk);
+      for (std::size_t l = 0; l < kv.size(); ++l) {
+        auto& [k, v] = kv[l];
+        k.conservativeResize(t + rows, chunk[l].first.cols());
+        v.conservativeResize(t + rows, chunk[l].second.cols());
+        k.bottomRows(rows) = chunk[l].first.cast<double>();
+        v.bottomRows(rows) = chunk[l].second.cast<double>();
+      }
+    }
+    return kv;
+  }
+
+  /// Merges the kv heads of every layer as `merges[layer]` says, folding the maps into W_q, W_k, W_v and
+  /// W_o: afterwards the model has merges[0].n_merged kv heads and a cache that many times smaller.
+  void merge_kv_heads(const std::vector<kvevict::HeadMerge>& merges) {
+    const int d = c_.head_dim, q_per_kv = c_.n_heads / c_.n_kv_heads;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      const kvevict::HeadMerge& m = merges.at(l);
+      Layer& w = layers_[l];
+      Matrix wk = Matrix::Zero(Eigen::Index(m.n_merged) * d, c_.n_embd), wv = wk;
+      for (int old = 0; old < c_.n_kv_heads; ++old) {
+        const auto g = Eigen::Index(old / m.group()) * d, rows = Eigen::Index(old) * d;
+        wk.middleRows(g, d) += (m.key_in[std::size_t(old)] * w.wk.middleRows(rows, d).cast<double>()).cast<float>();
+        wv.middleRows(g, d) += (m.value_in[std::size_t(old)] * w.wv.middleRows(rows, d).cast<double>()).cast<float>();
+      }
+      for (int h = 0; h < c_.n_heads; ++h) {
+        const auto old = std::size_t(h / q_per_kv);
+        const auto block = Eigen::Index(h) * d;
+        w.wq.middleRows(block, d) = (m.key_in[old] * w.wq.middleRows(block, d).cast<double>()).cast<float>();
+        w.wo.middleCols(block, d) = (w.wo.middleCols(block, d).cast<double>() * m.value_out[old]).cast<float>();
+      }
+      w.wk = wk;
+      w.wv = wv;
+    }
+    c_.n_kv_heads = merges.at(0).n_merged;
   }
 
   /// Feeds `n` tokens of one sequence in chunks of its max_chunk; returns the last token's logits.

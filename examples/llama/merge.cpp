@@ -24,18 +24,6 @@ std::string read(const std::string& path) {
   return ss.str();
 }
 
-/// Dense perplexity of ids[1..n) given everything before, prefilled in chunks.
-double perplexity(const llama::Model& model, const std::vector<int>& ids) {
-  auto cache = model.make_cache<kvevict::Dense>(int(ids.size()));
-  double nll = 0;
-  for (std::size_t t = 0; t + 1 < ids.size(); t += 64) {
-    const int n = int(std::min<std::size_t>(64, ids.size() - 1 - t));
-    const llama::Matrix logits = model.forward({llama::Segment{cache.get(), &ids[t], n}}, true);
-    for (int r = 0; r < n; ++r) nll += llama::nll(logits.row(r), ids[t + std::size_t(r) + 1]);
-  }
-  return std::exp(nll / double(ids.size() - 1));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -77,7 +65,7 @@ int main(int argc, char** argv) {
     const auto kv = model.calibration_kv(calib.data(), calibration_tokens);
     const auto& c = model.config();
     std::printf("%-28s %8s %14s\n", "model", "kv heads", "perplexity");
-    std::printf("%-28s %8d %14.3f\n", "original", c.n_kv_heads, perplexity(model, eval));
+    std::printf("%-28s %8d %14.3f\n", "original", c.n_kv_heads, llama::dense_perplexity(model, eval));
     for (auto method : {kvevict::HeadMergeMethod::svd, kvevict::HeadMergeMethod::mean}) {
       std::vector<kvevict::HeadMerge> merges;
       for (const auto& [k, v] : kv)
@@ -87,7 +75,7 @@ int main(int argc, char** argv) {
       merged.merge_kv_heads(merges);
       std::printf("%-28s %8d %14.3f\n",
                   method == kvevict::HeadMergeMethod::svd ? "merged by SVD" : "merged by mean pooling",
-                  merged.config().n_kv_heads, perplexity(merged, eval));
+                  merged.config().n_kv_heads, llama::dense_perplexity(merged, eval));
     }
   } catch (const std::exception& e) {
     std::cerr << "kvevict_merge: " << e.what() << "\n";

@@ -280,6 +280,18 @@ inline double nll(const Eigen::Ref<const Eigen::RowVectorXf>& logits, int target
   return lse - double(logits[target]);
 }
 
+/// Perplexity of ids[1..n) with a dense cache, each token predicted from all before it (prefill in chunks).
+inline double dense_perplexity(const Model& model, const std::vector<int>& ids) {
+  auto cache = model.make_cache<kvevict::Dense>(int(ids.size()));
+  double total = 0;
+  for (std::size_t t = 0; t + 1 < ids.size(); t += 64) {
+    const int n = int(std::min<std::size_t>(64, ids.size() - 1 - t));
+    const Matrix logits = model.forward({Segment{cache.get(), &ids[t], n}}, true);
+    for (int r = 0; r < n; ++r) total += nll(logits.row(r), ids[t + std::size_t(r) + 1]);
+  }
+  return std::exp(total / double(ids.size() - 1));
+}
+
 }  // namespace llama
 
 #endif  // KVEVICT_EXAMPLES_LLAMA_MODEL_HPP

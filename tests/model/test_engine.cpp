@@ -151,16 +151,6 @@ TEST(Engine, WindowCollapsesWhileAttentionSinksHold) {
   EXPECT_LT(streaming, 1.35 * dense);
   EXPECT_EQ(caches[1]->size(29, 2), 64);
 }
-double dense_perplexity(const llama::Model& model, const std::vector<int>& ids) {
-  auto cache = model.make_cache<kvevict::Dense>(int(ids.size()));
-  double nll = 0;
-  for (std::size_t t = 0; t + 1 < ids.size(); t += 64) {
-    const int n = int(std::min<std::size_t>(64, ids.size() - 1 - t));
-    const llama::Matrix logits = model.forward({llama::Segment{cache.get(), &ids[t], n}}, true);
-    for (int r = 0; r < n; ++r) nll += llama::nll(logits.row(r), ids[t + std::size_t(r) + 1]);
-  }
-  return std::exp(nll / double(ids.size() - 1));
-}
 
 // KV head compression on the real model: calibrated on Emma, evaluated on 256 tokens of Pride and Prejudice.
 // Merging into as many heads as before changes nothing; merging SmolLM2's 3 kv heads into 1 keeps it usable
@@ -182,9 +172,9 @@ TEST(Engine, MergingKvHeadsOnTheRealModel) {
     llama::Model m = e.model;
     m.merge_kv_heads(merges);
     EXPECT_EQ(m.config().n_kv_heads, heads);
-    return dense_perplexity(m, ids);
+    return llama::dense_perplexity(m, ids);
   };
-  const double original = dense_perplexity(e.model, ids);
+  const double original = llama::dense_perplexity(e.model, ids);
   const double same = merged(3, kvevict::HeadMergeMethod::svd);
   const double svd = merged(1, kvevict::HeadMergeMethod::svd), mean = merged(1, kvevict::HeadMergeMethod::mean);
   std::printf("perplexity: original %.2f, 3->3 %.2f, SVD 3->1 %.2f, mean pooling 3->1 %.1f\n", original, same, svd,

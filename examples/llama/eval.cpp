@@ -1,23 +1,43 @@
 // SPDX-License-Identifier: Apache-2.0
 // Streams a text through SmolLM2 token by token, once per (policy, budget), all side by side so the
-// weights are read once per step; reports perplexity per run, writes per-token NLL as CSV.
+// weights are read once per step. Reports the perplexity of every run overall and per bucket of tokens, each
+// with a 95% block-bootstrap interval, compares runs in pairs, and writes per-token NLL and per-bucket
+// perplexity as CSV.
 //
-//   kvevict_eval --model M.gguf --text novel.txt --tokens 4096 --budgets 128,256,512
-//                --policies dense,window,recompute,streaming,h2o,ahakv,l2 [--csv nll.csv]
-// Policy names: dense, window, recompute, streaming (4 sinks), streaming:N (N sinks), streaming-nl
-// (four newline tokens put before the text serve as the sinks), h2o, ahakv, l2. Recompute is O(L^2) per token
-// and is evaluated every --recompute-every tokens only; its table entry compares with dense on those tokens.
+//   kvevict_eval --model M.gguf --text emma.txt,persuasion.txt --tokens 4096 --budgets 128,256,512
+//                --policies dense,window,recompute,streaming,h2o,ahakv,l2 [--bucket 1024]
+//                [--compare h2o/128,streaming/128] [--csv nll.csv] [--bucket-csv buckets.csv]
+//
+// `kvevict_eval --help` lists every option. Policy names: dense, window, recompute, streaming (4 sinks),
+// streaming:N (N sinks), streaming-nl (four newline tokens put before the text serve as the sinks), h2o,
+// ahakv, l2. Runs are labelled policy/budget (h2o/128); dense keeps every token and is labelled dense.
+//
+// Intervals: the NLL of consecutive tokens is correlated, so tokens are resampled in blocks of 128 consecutive
+// tokens (1000 resamples, fixed seed); the interval is the 2.5% and 97.5% quantiles of exp(mean NLL). A
+// paired comparison resamples the same blocks for both runs, on the tokens both scored.
+//
+// Recompute (sliding window with recompute) is O(L^2) per token, so it is scored on some tokens only: every
+// --recompute-every tokens, or every token of --recompute-range; the summary gives every other run's
+// perplexity on exactly those tokens. Its time per token compares fairly with StreamingLLM timed alone
+// (--time-alone), not with a step of the side-by-side stream, which serves every run at once.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <map>
+#include <memory>
+#include <random>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "model.hpp"
 #include "probe.hpp"
@@ -25,51 +45,116 @@
 
 namespace {
 
+constexpr int kBlock = 128;       // tokens per bootstrap block
+constexpr int kMinBlocks = 4;     // fewer blocks give no interval
+constexpr int kResamples = 1000;  // bootstrap resamples
+constexpr unsigned kSeed = 2026;  // every interval is reproducible
+constexpr int kTimeAloneSteps = 128;
+
+// ---------------------------------------------------------------------------------------------- options
+
 struct Options {
-  std::string model, text, csv, attention_map;
+  std::string model, csv, bucket_csv, attention_map;
+  std::vector<std::string> texts;
   long skip_chars = 0;
-  int tokens = 1024, recompute_every = 64, threads = 0;
+  int tokens = 1024, dense_tokens = 0, recompute_every = 64, recompute_first = 0, recompute_count = 0;
+  int bucket = 1024, threads = 0;
+  bool time_alone = false;
   std::vector<int> budgets{128, 256, 512};
   std::vector<std::string> policies{"dense", "window", "recompute", "streaming", "h2o", "ahakv", "l2"};
+  std::vector<std::pair<std::string, std::string>> compare;
 };
 
-std::vector<std::string> split(const std::string& s) {
+const char* const kUsage =
+    "usage: kvevict_eval --model FILE.gguf --text FILE[,FILE...] [options]\n"
+    "  --model FILE.gguf        the model (GGUF, llama architecture)\n"
+    "  --text FILE[,FILE...]    text files, concatenated in order into one stream, a blank line between\n"
+    "  --tokens N               text tokens to stream (default 1024)\n"
+    "  --skip-chars N           start the stream N characters into the text (default 0)\n"
+    "  --budgets B[,B...]       cache budgets in tokens (default 128,256,512)\n"
+    "  --policies P[,P...]      dense, window, recompute, streaming, streaming:N, streaming-nl, h2o, ahakv, l2\n"
+    "                           (default dense,window,recompute,streaming,h2o,ahakv,l2)\n"
+    "  --dense-tokens N         dense reads only the first N tokens and then drops out (default: all)\n"
+    "  --recompute-every N      score recompute every N tokens (default 64)\n"
+    "  --recompute-range F:C    score recompute on every token F .. F+C-1 instead (F >= budget + 2; C of 512\n"
+    "                           or more gives intervals)\n"
+    "  --time-alone             also time StreamingLLM alone (one sequence) at each recompute budget\n"
+    "  --bucket N               perplexity per bucket of N tokens, with 95% intervals (default 1024)\n"
+    "  --compare A,B[;C,D...]   paired comparison of two runs (labels such as h2o/128); repeatable\n"
+    "  --csv FILE               per-token NLL: token,id,one column per run\n"
+    "  --bucket-csv FILE        run,policy,budget,bucket_first,bucket_last,tokens,ppl,ppl_lo,ppl_hi\n"
+    "  --attention-map FILE     dense's mean attention to the first 16 tokens, per layer\n"
+    "  --threads N              threads (default: all cores)\n"
+    "  -h, --help               this text\n";
+
+[[noreturn]] void usage(const std::string& why) {
+  std::cerr << "kvevict_eval: " << why << "\n" << kUsage;
+  std::exit(2);
+}
+
+std::vector<std::string> split(const std::string& s, char separator = ',') {
   std::vector<std::string> out;
   std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
+  for (std::string item; std::getline(ss, item, separator);)
     if (!item.empty()) out.push_back(item);
   return out;
 }
 
-[[noreturn]] void usage(const std::string& why) {
-  std::cerr << "kvevict_eval: " << why
-            << "\nusage: kvevict_eval --model FILE.gguf --text FILE.txt [--tokens N] [--skip-chars N]\n"
-               "       [--budgets 128,256,512] [--policies dense,window,recompute,streaming,h2o,ahakv,l2]\n"
-               "       [--recompute-every N] [--csv NLL.csv] [--attention-map MAP.csv]\n";
-  std::exit(2);
+// "a,b;c,d" -> (a, b), (c, d)
+void add_pairs(const std::string& v, std::vector<std::pair<std::string, std::string>>& out) {
+  for (const auto& pair : split(v, ';')) {
+    const auto labels = split(pair);
+    if (labels.size() != 2) usage("--compare takes pairs of runs, A,B: " + pair);
+    out.emplace_back(labels[0], labels[1]);
+  }
 }
 
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (a == "--time-alone") {
+      o.time_alone = true;
+      continue;
+    }
     if (i + 1 >= argc) usage("missing value after " + a);
     const std::string v = argv[++i];
     try {
       if (a == "--model")
         o.model = v;
       else if (a == "--text")
-        o.text = v;
+        o.texts = split(v);
       else if (a == "--csv")
         o.csv = v;
+      else if (a == "--bucket-csv")
+        o.bucket_csv = v;
       else if (a == "--attention-map")
         o.attention_map = v;
       else if (a == "--tokens")
         o.tokens = std::stoi(v);
+      else if (a == "--dense-tokens")
+        o.dense_tokens = std::stoi(v);
       else if (a == "--skip-chars")
         o.skip_chars = std::stol(v);
       else if (a == "--recompute-every")
         o.recompute_every = std::stoi(v);
+      else if (a == "--recompute-range") {
+        const auto colon = v.find(':');
+        if (colon == std::string::npos) usage("--recompute-range takes FIRST:COUNT");
+        o.recompute_first = std::stoi(v.substr(0, colon));
+        o.recompute_count = std::stoi(v.substr(colon + 1));
+        if (o.recompute_first < 1 || o.recompute_count < 1)
+          usage("--recompute-range: FIRST and COUNT must be positive");
+      } else if (a == "--bucket")
+        o.bucket = std::stoi(v);
+      else if (a == "--threads")
+        o.threads = std::stoi(v);
+      else if (a == "--compare")
+        add_pairs(v, o.compare);
       else if (a == "--policies")
         o.policies = split(v);
       else if (a == "--budgets") {
@@ -81,25 +166,111 @@ Options parse(int argc, char** argv) {
       usage("bad value for " + a + ": " + v);
     }
   }
-  if (o.model.empty() || o.text.empty()) usage("--model and --text are required");
+  if (o.model.empty() || o.texts.empty()) usage("--model and --text are required");
   if (o.tokens < 2) usage("--tokens must be at least 2");
+  if (o.dense_tokens == 0) o.dense_tokens = o.tokens;
+  if (o.dense_tokens < 2 || o.dense_tokens > o.tokens) usage("--dense-tokens must be in [2, --tokens]");
   if (o.recompute_every < 1) usage("--recompute-every must be at least 1");
+  if (o.recompute_count > 0 && o.recompute_first + o.recompute_count > o.tokens)
+    usage("--recompute-range goes past --tokens");
+  if (o.bucket < 1) usage("--bucket must be at least 1");
+  if (o.threads < 0) usage("--threads must be positive");
+  for (int b : o.budgets)
+    if (b < 1) usage("budgets must be positive");
   return o;
 }
 
+std::string plural(long n, const std::string& what) { return std::to_string(n) + " " + what + (n == 1 ? "" : "s"); }
+
+int set_threads(int requested) {
+  const int n = requested > 0 ? requested : int(std::max(1u, std::thread::hardware_concurrency()));
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#endif
+  Eigen::setNbThreads(n);
+  return n;
+}
+
+// ------------------------------------------------------------------------------------------------- text
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) usage("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The files in order, normalised, one blank line between them.
+std::string read_stream(const std::vector<std::string>& paths) {
+  std::string stream;
+  for (const auto& path : paths) {
+    if (!stream.empty()) {
+      while (!stream.empty() && stream.back() == '\n') stream.pop_back();
+      stream += "\n\n";
+    }
+    stream += llama::normalize_text(read_file(path));
+  }
+  return stream;
+}
+
+// The first `n` tokens from `skip` characters in. Only a slice is tokenised (about 4 characters a token in
+// English prose; 8 to spare), grown when it comes out short; a few tokens beyond `n` are asked for so that
+// the cut at the slice's end cannot change the tokens kept.
+std::vector<int> tokenize(const llama::Tokenizer& tokenizer, const std::string& text, long skip, int n) {
+  if (skip < 0 || std::size_t(skip) >= text.size()) usage("--skip-chars beyond the text");
+  const std::size_t available = text.size() - std::size_t(skip);
+  for (std::size_t chars = std::size_t(n) * 8;; chars *= 2) {
+    const bool whole = chars >= available;
+    std::vector<int> ids = tokenizer.encode(text.substr(std::size_t(skip), std::min(chars, available)));
+    if (int(ids.size()) >= n + 16 || (whole && int(ids.size()) >= n)) {
+      ids.resize(std::size_t(n));
+      return ids;
+    }
+    if (whole) usage("the text has only " + std::to_string(ids.size()) + " tokens there");
+  }
+}
+
+// -------------------------------------------------------------------------------------------------- runs
+
 struct Run {
-  std::string label;
+  std::string label, policy;
   int budget = 0;
+  int end = 0;  // reads text tokens [0, end)
   std::unique_ptr<llama::SequenceCache> cache;
   std::vector<int> prefix;  // tokens fed before the text (streaming-nl's sinks)
-  std::vector<double> nll;  // per text token; NaN where not evaluated
+  std::vector<double> nll;  // per text token; NaN where not scored
+  double seconds = 0;       // recompute: wall time of its evaluations
+};
+
+struct Runs {
+  std::vector<Run> stream;     // side by side, one token per step
+  std::vector<Run> recompute;  // one at a time, on chosen tokens
+  std::shared_ptr<llama::AttentionTable> table;
+
+  std::vector<const Run*> all() const {
+    std::vector<const Run*> out;
+    for (const auto* group : {&stream, &recompute})
+      for (const auto& r : *group) out.push_back(&r);
+    return out;
+  }
+  const Run* find(const std::string& label) const {
+    for (const Run* r : all())
+      if (r->label == label) return r;
+    return nullptr;
+  }
 };
 
 std::unique_ptr<llama::SequenceCache> make(const llama::Model& m, const std::string& name, int budget) {
   if (name == "window") return m.make_cache<kvevict::Window>(budget, {}, 4);
   if (name == "streaming" || name == "streaming-nl") return m.make_cache(budget, kvevict::StreamingLLM{4}, 4);
-  if (name.rfind("streaming:", 0) == 0)
-    return m.make_cache(budget, kvevict::StreamingLLM{std::stoi(name.substr(10))}, 4);
+  if (name.rfind("streaming:", 0) == 0) {
+    try {
+      return m.make_cache(budget, kvevict::StreamingLLM{std::stoi(name.substr(10))}, 4);
+    } catch (const std::logic_error&) {
+      usage("bad number of sinks in " + name);
+    }
+  }
   if (name == "h2o") return m.make_cache<kvevict::H2O>(budget, {}, 4);
   if (name == "ahakv") return m.make_cache<kvevict::AhaKV>(budget, {}, 4);
   if (name == "l2") return m.make_cache<kvevict::L2Norm>(budget, {}, 4);
@@ -107,25 +278,411 @@ std::unique_ptr<llama::SequenceCache> make(const llama::Model& m, const std::str
   usage("unknown policy " + name);
 }
 
-double ppl(const std::vector<double>& nll, const std::vector<double>* mask = nullptr) {
-  double sum = 0;
-  long n = 0;
-  for (std::size_t i = 0; i < nll.size(); ++i)
-    if (!std::isnan(nll[i]) && (!mask || !std::isnan((*mask)[i]))) {
-      sum += nll[i];
-      ++n;
-    }
-  return n ? std::exp(sum / double(n)) : NAN;
+// Dense keeps every token it reads: its budget is its token count. With --attention-map its cache records
+// where attention goes.
+Run make_dense(const llama::Model& model, const Options& opt, Runs& runs) {
+  Run r;
+  r.label = r.policy = "dense";
+  r.budget = r.end = opt.dense_tokens;
+  if (opt.attention_map.empty()) {
+    r.cache = model.make_cache<kvevict::Dense>(r.budget, {}, 4);
+    return r;
+  }
+  auto table = std::make_shared<llama::AttentionTable>();
+  table->n_layers = model.config().n_layers;
+  table->n_first = 16;
+  table->n_kv_heads = model.config().n_kv_heads;
+  table->sum.assign(std::size_t(table->n_layers * table->n_first), 0.0);
+  table->queries.assign(std::size_t(table->n_layers), 0);
+  llama::AttentionProbe probe;
+  probe.table = table;
+  probe.min_query = 64;
+  r.cache = model.make_cache(r.budget, probe, 4);
+  runs.table = table;
+  return r;
 }
 
-void progress(const char* what, long done, long total, double seconds) {
-  if (!isatty(STDERR_FILENO)) return;
-  const int width = 40, filled = int(width * done / std::max(1L, total));
-  const double rate = double(done) / std::max(seconds, 1e-9);
-  std::fprintf(stderr, "\r%-10s [%.*s%*s] %ld/%ld  %.1f/s  eta %.0fs ", what, filled,
-               "########################################", width - filled, "", done, total, rate,
-               double(total - done) / std::max(rate, 1e-9));
-  if (done == total) std::fprintf(stderr, "\n");
+Runs make_runs(const llama::Model& model, const Options& opt, int newline) {
+  Runs runs;
+  for (const auto& name : opt.policies) {
+    if (name == "dense") {
+      runs.stream.push_back(make_dense(model, opt, runs));
+      continue;
+    }
+    for (int b : opt.budgets) {
+      Run r;
+      r.label = name + "/" + std::to_string(b);
+      r.policy = name;
+      r.budget = b;
+      r.end = opt.tokens;
+      r.cache = make(model, name, b);
+      if (name == "streaming-nl") r.prefix.assign(4, newline);
+      (name == "recompute" ? runs.recompute : runs.stream).push_back(std::move(r));
+    }
+  }
+  for (const Run* r : runs.all())
+    if (runs.find(r->label) != r) usage("run " + r->label + " is asked for twice");
+  for (auto* group : {&runs.stream, &runs.recompute})
+    for (auto& r : *group) r.nll.assign(std::size_t(opt.tokens), NAN);
+  return runs;
+}
+
+// Text tokens recompute scores (each predicted from the window before it).
+std::vector<int> recompute_targets(const Options& opt) {
+  std::vector<int> targets;
+  if (opt.recompute_count > 0) {
+    for (int i = opt.recompute_first; i < opt.recompute_first + opt.recompute_count; ++i) targets.push_back(i);
+  } else {
+    for (int t = opt.recompute_every; t + 1 < opt.tokens; t += opt.recompute_every) targets.push_back(t + 1);
+  }
+  return targets;
+}
+
+// ------------------------------------------------------------------------------------------------ timing
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string duration(double s) {
+  char buf[64];
+  const long t = long(std::lround(s));
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, t / 60 % 60);
+  else if (t >= 60)
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+// A bar on a terminal; otherwise (a log file) a plain line at most every 10 seconds, so a long redirected run
+// is not silent.
+class Progress {
+ public:
+  Progress(const char* what, const char* unit, long total)
+      : what_(what), unit_(unit), total_(total), tty_(isatty(STDERR_FILENO) != 0) {}
+
+  void operator()(long done) {
+    const double s = seconds_since(start_);
+    const double rate = double(done) / std::max(s, 1e-9);
+    const double eta = double(total_ - done) / std::max(rate, 1e-9);
+    if (tty_) {
+      const int width = 40, filled = int(width * done / std::max(1L, total_));
+      std::fprintf(stderr, "\r%-10s [%.*s%*s] %ld/%ld  %.1f/s  eta %s ", what_, filled,
+                   "########################################", width - filled, "", done, total_, rate,
+                   duration(eta).c_str());
+      if (done == total_) std::fprintf(stderr, "\n");
+      return;
+    }
+    if (done < total_ && s - last_ < 10) return;
+    last_ = s;
+    std::fprintf(stderr, "%s: %ld/%ld %s, %.2f steps/s, %s elapsed, eta %s\n", what_, done, total_, unit_, rate,
+                 duration(s).c_str(), duration(eta).c_str());
+  }
+
+ private:
+  const char* what_;
+  const char* unit_;
+  long total_;
+  bool tty_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  double last_ = 0;
+};
+
+// ------------------------------------------------------------------------------------------------ engine
+
+struct StreamTime {
+  double seconds = 0;
+  long steps = 0;
+};
+
+// Every stream run reads one token per step, all in one forward pass; a run drops out once past its end.
+StreamTime stream(const llama::Model& model, std::vector<Run>& runs, const std::vector<int>& ids) {
+  const auto start = std::chrono::steady_clock::now();
+  for (auto& r : runs)
+    if (!r.prefix.empty()) model.prefill(*r.cache, r.prefix.data(), int(r.prefix.size()));
+  const int steps = int(ids.size()) - 1;
+  Progress progress("stream", "tokens", steps);
+  std::vector<llama::Segment> segments;
+  std::vector<Run*> active;
+  StreamTime time;
+  for (int t = 0; t < steps; ++t, ++time.steps) {
+    segments.clear();
+    active.clear();
+    for (auto& r : runs)
+      if (t + 1 < r.end) {
+        segments.push_back(llama::Segment{r.cache.get(), &ids[std::size_t(t)], 1});
+        active.push_back(&r);
+      }
+    if (active.empty()) break;
+    const llama::Matrix logits = model.forward(segments);
+    for (std::size_t i = 0; i < active.size(); ++i)
+      active[i]->nll[std::size_t(t + 1)] = llama::nll(logits.row(Eigen::Index(i)), ids[std::size_t(t + 1)]);
+    progress(t + 1);
+  }
+  time.seconds = seconds_since(start);
+  return time;
+}
+
+// Sliding window with recompute on each target token i: the window before it (recompute_range of t = i - 1)
+// re-prefilled into a cleared cache, then token i - 1 itself; scores token i.
+void recompute(const llama::Model& model, std::vector<Run>& runs, const std::vector<int>& ids,
+               const std::vector<int>& targets) {
+  Progress progress("recompute", "tokens", long(runs.size() * targets.size()));
+  long done = 0;
+  for (auto& r : runs) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i : targets) {
+      const int t = i - 1;
+      const auto range = kvevict::SlidingWindowRecompute::recompute_range(t, r.budget);
+      const int begin = range.empty() ? 0 : int(range.begin);
+      r.cache->clear();
+      const Eigen::RowVectorXf logits = model.prefill(*r.cache, &ids[std::size_t(begin)], t + 1 - begin);
+      r.nll[std::size_t(i)] = llama::nll(logits, ids[std::size_t(i)]);
+      progress(++done);
+    }
+    r.seconds = seconds_since(start);
+  }
+}
+
+// Seconds per token of StreamingLLM decoding alone (one sequence) on a full cache: the fair denominator for
+// recompute's seconds per token.
+double streaming_alone(const llama::Model& model, const std::vector<int>& ids, int budget) {
+  auto cache = model.make_cache(budget, kvevict::StreamingLLM{4}, 64);
+  const int warm = std::min(budget, int(ids.size()) - 2);
+  model.prefill(*cache, ids.data(), warm);
+  const int steps = std::min(kTimeAloneSteps, int(ids.size()) - warm);
+  const auto start = std::chrono::steady_clock::now();
+  for (int t = warm; t < warm + steps; ++t) model.forward({llama::Segment{cache.get(), &ids[std::size_t(t)], 1}});
+  return seconds_since(start) / steps;
+}
+
+// -------------------------------------------------------------------------------------------- statistics
+
+// Mean NLL of the finite entries of x[first, end) (where `mask`, if given, is finite too), with a 95% block
+// bootstrap interval: blocks of kBlock consecutive tokens from `first`, empty blocks left out, resampled with
+// replacement. With fewer than kMinBlocks blocks there is no interval (lo and hi NaN).
+struct Estimate {
+  long tokens = 0;
+  double mean = NAN, lo = NAN, hi = NAN;
+  double ppl() const { return std::exp(mean); }
+  double ppl_lo() const { return std::exp(lo); }
+  double ppl_hi() const { return std::exp(hi); }
+};
+
+Estimate block_bootstrap(const std::vector<double>& x, std::size_t first, std::size_t end,
+                         const std::vector<double>* mask = nullptr) {
+  std::vector<double> sum;
+  std::vector<long> count;
+  Estimate e;
+  double total = 0;
+  for (std::size_t b = first; b < end; b += kBlock) {
+    double s = 0;
+    long n = 0;
+    for (std::size_t i = b; i < std::min(end, b + kBlock); ++i)
+      if (std::isfinite(x[i]) && (!mask || std::isfinite((*mask)[i]))) {
+        s += x[i];
+        ++n;
+      }
+    if (n == 0) continue;
+    sum.push_back(s);
+    count.push_back(n);
+    total += s;
+    e.tokens += n;
+  }
+  if (e.tokens == 0) return e;
+  e.mean = total / double(e.tokens);
+  if (sum.size() < std::size_t(kMinBlocks)) return e;
+  std::mt19937_64 rng(kSeed);
+  std::uniform_int_distribution<std::size_t> pick(0, sum.size() - 1);
+  std::vector<double> means(kResamples);
+  for (double& m : means) {
+    double s = 0;
+    long n = 0;
+    for (std::size_t k = 0; k < sum.size(); ++k) {
+      const std::size_t j = pick(rng);
+      s += sum[j];
+      n += count[j];
+    }
+    m = s / double(n);
+  }
+  std::sort(means.begin(), means.end());
+  e.lo = means[std::size_t(0.025 * kResamples)];
+  e.hi = means[std::size_t(0.975 * kResamples) - 1];
+  return e;
+}
+
+struct Bucket {
+  std::size_t first, end;  // text tokens [first, end)
+};
+
+// [1, N), [N, 2N), ... up to the end of the stream.
+std::vector<Bucket> buckets(int tokens, int n) {
+  std::vector<Bucket> out;
+  for (int b = 0; b < tokens; b += n)
+    out.push_back({std::size_t(std::max(b, 1)), std::size_t(std::min(b + n, tokens))});
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------ output
+
+std::string interval(const Estimate& e, const char* format = "%.2f") {
+  if (std::isnan(e.lo)) return "";
+  char lo[32], hi[32];
+  std::snprintf(lo, sizeof lo, format, e.ppl_lo());
+  std::snprintf(hi, sizeof hi, format, e.ppl_hi());
+  return std::string("[") + lo + ", " + hi + "]";
+}
+
+void print_row(const std::string& name, const Estimate& e, const std::string& note = "") {
+  if (e.tokens == 0) {
+    std::printf("%-30s %10s  %-20s %8d  %s\n", name.c_str(), "-", "", 0, note.c_str());
+    return;
+  }
+  std::printf("%-30s %10.3f  %-20s %8ld  %s\n", name.c_str(), e.ppl(), interval(e).c_str(), e.tokens, note.c_str());
+}
+
+void print_summary(const Options& opt, const Runs& runs, const std::vector<int>& targets) {
+  const std::size_t n = std::size_t(opt.tokens);
+  std::printf(
+      "\nperplexity over the stream (95%% interval: block bootstrap, blocks of %d tokens; none with fewer "
+      "than %d blocks)\n",
+      kBlock, kMinBlocks);
+  std::printf("%-30s %10s  %-20s %8s  %s\n", "run", "ppl", "95% interval", "tokens", "note");
+  for (const auto& r : runs.stream)
+    print_row(r.label, block_bootstrap(r.nll, 1, n),
+              r.end < opt.tokens ? "tokens 1-" + std::to_string(r.end - 1) + " only" : "");
+  for (const auto& r : runs.recompute) {
+    const std::string where = opt.recompute_count > 0 ? "every token " + std::to_string(opt.recompute_first) + "-" +
+                                                            std::to_string(targets.back())
+                                                      : "every " + std::to_string(opt.recompute_every) + " tokens";
+    print_row(r.label, block_bootstrap(r.nll, 1, n), where);
+    for (const auto& o : runs.stream)  // every other run on exactly the same tokens
+      if (o.label == "dense" || o.budget == r.budget)
+        print_row("  " + o.label + ", same tokens", block_bootstrap(o.nll, 1, n, &r.nll));
+  }
+}
+
+void print_buckets(const Options& opt, const Runs& runs) {
+  std::printf(
+      "\nperplexity per bucket of %d tokens (95%% interval: block bootstrap, blocks of %d tokens; none "
+      "with fewer than %d blocks)\n",
+      opt.bucket, kBlock, kMinBlocks);
+  const auto bs = buckets(opt.tokens, opt.bucket);
+  for (const Run* r : runs.all()) {
+    std::printf("%s\n", r->label.c_str());
+    for (const auto& b : bs)
+      print_row("  " + std::to_string(b.first) + "-" + std::to_string(b.end - 1),
+                block_bootstrap(r->nll, b.first, b.end));
+    print_row("  all", block_bootstrap(r->nll, 1, std::size_t(opt.tokens)));
+  }
+}
+
+void print_comparisons(const Options& opt, const Runs& runs) {
+  if (opt.compare.empty()) return;
+  std::printf(
+      "\npaired comparisons on the tokens both runs scored (95%% interval: the same blocks of %d tokens "
+      "resampled for both)\n",
+      kBlock);
+  std::printf("%-36s %8s %10s  %-22s %8s  %-18s %s\n", "A vs B", "tokens", "NLL A-B", "95% interval", "ppl A/B",
+              "95% interval", "verdict");
+  for (const auto& [a, b] : opt.compare) {
+    const Run *ra = runs.find(a), *rb = runs.find(b);
+    std::vector<double> diff(std::size_t(opt.tokens));
+    for (std::size_t i = 0; i < diff.size(); ++i) diff[i] = ra->nll[i] - rb->nll[i];  // NaN unless both scored
+    const Estimate e = block_bootstrap(diff, 1, diff.size());
+    const std::string pair = a + " vs " + b;
+    if (e.tokens == 0) {
+      std::printf("%-36s %8d  no token scored by both\n", pair.c_str(), 0);
+      continue;
+    }
+    char nll_interval[64] = "";
+    if (!std::isnan(e.lo)) std::snprintf(nll_interval, sizeof nll_interval, "[%+.4f, %+.4f]", e.lo, e.hi);
+    const char* verdict = std::isnan(e.lo) ? "too few blocks"
+                          : e.hi < 0       ? "A lower"
+                          : e.lo > 0       ? "B lower"
+                                           : "no difference shown";
+    std::printf("%-36s %8ld %+10.4f  %-22s %8.4f  %-18s %s\n", pair.c_str(), e.tokens, e.mean, nll_interval, e.ppl(),
+                interval(e, "%.4f").c_str(), verdict);
+  }
+}
+
+void print_times(const Options& opt, const llama::Model& model, const Runs& runs, const std::vector<int>& ids,
+                 const StreamTime& stream, std::size_t targets) {
+  std::printf("\n");
+  if (stream.steps > 0)
+    std::printf("time: %s side by side, %ld steps in %.1f s: %.4f s per step\n",
+                plural(long(runs.stream.size()), "streaming run").c_str(), stream.steps, stream.seconds,
+                stream.seconds / double(stream.steps));
+  std::vector<int> alone_budgets;
+  for (const auto& r : runs.recompute) {
+    std::printf("time: %s: %s in %.1f s: %.4f s per scored token\n", r.label.c_str(),
+                plural(long(targets), "scored token").c_str(), r.seconds, r.seconds / double(targets));
+    alone_budgets.push_back(r.budget);
+  }
+  if (!opt.time_alone) {
+    if (!runs.recompute.empty())
+      std::printf(
+          "time: a side-by-side step serves every run at once; for a fair recompute/streaming ratio time "
+          "StreamingLLM alone (--time-alone, or --policies streaming --budgets B on its own)\n");
+    return;
+  }
+  if (alone_budgets.empty()) alone_budgets = opt.budgets;
+  for (int b : alone_budgets) {
+    const double alone = streaming_alone(model, ids, b);
+    std::printf("time: streaming/%d alone (one sequence, %d steps on a full cache): %.4f s per token", b,
+                kTimeAloneSteps, alone);
+    for (const auto& r : runs.recompute)
+      if (r.budget == b) std::printf("; recompute/%d costs %.1fx that", b, r.seconds / double(targets) / alone);
+    std::printf("\n");
+  }
+}
+
+void write_nll_csv(const std::string& path, const Runs& runs, const std::vector<int>& ids) {
+  std::ofstream csv(path);
+  csv << "token,id";
+  for (const Run* r : runs.all()) csv << "," << r->label;
+  csv << "\n";
+  for (std::size_t t = 1; t < ids.size(); ++t) {
+    csv << t << "," << ids[t];
+    for (const Run* r : runs.all()) {
+      csv << ",";
+      if (!std::isnan(r->nll[t])) csv << r->nll[t];
+    }
+    csv << "\n";
+  }
+}
+
+void write_bucket_csv(const Options& opt, const Runs& runs) {
+  std::ofstream csv(opt.bucket_csv);
+  csv << "run,policy,budget,bucket_first,bucket_last,tokens,ppl,ppl_lo,ppl_hi\n";
+  const auto bs = buckets(opt.tokens, opt.bucket);
+  for (const Run* r : runs.all())
+    for (const auto& b : bs) {
+      const Estimate e = block_bootstrap(r->nll, b.first, b.end);
+      csv << r->label << "," << r->policy << "," << r->budget << "," << b.first << "," << b.end - 1 << "," << e.tokens
+          << ",";
+      if (e.tokens) csv << e.ppl();
+      csv << ",";
+      if (!std::isnan(e.lo))
+        csv << e.ppl_lo() << "," << e.ppl_hi();
+      else
+        csv << ",";
+      csv << "\n";
+    }
+}
+
+void write_attention_map(const std::string& path, const llama::AttentionTable& table) {
+  std::ofstream map(path);
+  map << "layer";
+  for (int p = 0; p < table.n_first; ++p) map << ",pos" << p;
+  map << "\n";
+  for (int l = 0; l < table.n_layers; ++l) {
+    map << l;
+    for (int p = 0; p < table.n_first; ++p) map << "," << table.mean(l, p);
+    map << "\n";
+  }
 }
 
 }  // namespace
@@ -133,133 +690,48 @@ void progress(const char* what, long done, long total, double seconds) {
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   try {
+    const int threads = set_threads(opt.threads);
     const gguf::File file(opt.model);
     const llama::Model model(file);
     const llama::Tokenizer tokenizer(file);
-    std::ifstream in(opt.text);
-    if (!in) usage("cannot read " + opt.text);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string text = ss.str();
-    if (opt.skip_chars < 0 || std::size_t(opt.skip_chars) >= text.size()) usage("--skip-chars beyond the text");
-    // Tokenise a generous slice, keep the first `tokens`.
-    std::vector<int> ids = tokenizer.encode(text.substr(std::size_t(opt.skip_chars), std::size_t(opt.tokens) * 8));
-    if (int(ids.size()) < opt.tokens) usage("the text has only " + std::to_string(ids.size()) + " tokens there");
-    ids.resize(std::size_t(opt.tokens));
+    const auto tokenize_start = std::chrono::steady_clock::now();
+    const std::vector<int> ids = tokenize(tokenizer, read_stream(opt.texts), opt.skip_chars, opt.tokens);
+    const double tokenize_seconds = seconds_since(tokenize_start);
     const int newline = tokenizer.encode("\n").at(0);
 
-    std::vector<Run> runs, recompute;
-    std::shared_ptr<llama::AttentionTable> table;
-    for (const auto& name : opt.policies) {
-      if (name == "dense") {
-        Run r{"dense", opt.tokens, nullptr, {}, {}};
-        if (!opt.attention_map.empty()) {
-          table = std::make_shared<llama::AttentionTable>();
-          table->n_layers = model.config().n_layers;
-          table->n_first = 16;
-          table->n_kv_heads = model.config().n_kv_heads;
-          table->sum.assign(std::size_t(table->n_layers * table->n_first), 0.0);
-          table->queries.assign(std::size_t(table->n_layers), 0);
-          llama::AttentionProbe probe;
-          probe.table = table;
-          probe.min_query = 64;
-          r.cache = model.make_cache(opt.tokens, probe, 4);
-        } else {
-          r.cache = model.make_cache<kvevict::Dense>(opt.tokens, {}, 4);
-        }
-        runs.push_back(std::move(r));
-        continue;
-      }
-      for (int b : opt.budgets) {
-        Run r{name + "/" + std::to_string(b), b, make(model, name, b), {}, {}};
-        if (name == "streaming-nl") r.prefix.assign(4, newline);
-        (name == "recompute" ? recompute : runs).push_back(std::move(r));
-      }
+    Runs runs = make_runs(model, opt, newline);
+    for (const auto& [a, b] : opt.compare)
+      for (const auto& label : {a, b})
+        if (!runs.find(label)) usage("--compare: no run " + label + " (runs are labelled like h2o/128, or dense)");
+    std::vector<int> targets;
+    if (!runs.recompute.empty()) {
+      targets = recompute_targets(opt);
+      if (targets.empty()) usage("recompute has no token to score: --tokens is below --recompute-every + 2");
+      for (const auto& r : runs.recompute)
+        if (opt.recompute_count > 0 && opt.recompute_first < r.budget + 2)
+          usage("--recompute-range must start at budget + 2 or later (" + std::to_string(r.budget + 2) + " for " +
+                r.label + "): earlier tokens see the whole text");
     }
-    for (auto& r : runs) r.nll.assign(ids.size(), NAN);
-    for (auto& r : recompute) r.nll.assign(ids.size(), NAN);
 
     std::cerr << "model: " << model.config().n_layers << " layers, " << model.config().n_heads << "/"
-              << model.config().n_kv_heads << " heads; text: " << ids.size() << " tokens; " << runs.size()
-              << " streaming runs side by side";
-    if (!recompute.empty()) std::cerr << ", " << recompute.size() << " recompute runs every " << opt.recompute_every;
-    std::cerr << "\n";
+              << model.config().n_kv_heads << " heads; text: " << ids.size() << " tokens (tokenised in "
+              << std::lround(tokenize_seconds * 1000) << " ms); " << plural(long(runs.stream.size()), "streaming run")
+              << " side by side";
+    if (!runs.recompute.empty())
+      std::cerr << ", " << plural(long(runs.recompute.size()), "recompute run") << " on "
+                << plural(long(targets.size()), "token");
+    std::cerr << "; " << plural(threads, "thread") << "\n";
 
-    const auto start = std::chrono::steady_clock::now();
-    auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
-    for (auto& r : runs)
-      if (!r.prefix.empty()) model.prefill(*r.cache, r.prefix.data(), int(r.prefix.size()));
-    if (!runs.empty()) {
-      std::vector<llama::Segment> segments(runs.size());
-      for (int t = 0; t + 1 < opt.tokens; ++t) {
-        for (std::size_t i = 0; i < runs.size(); ++i)
-          segments[i] = llama::Segment{runs[i].cache.get(), &ids[std::size_t(t)], 1};
-        const llama::Matrix logits = model.forward(segments);
-        for (std::size_t i = 0; i < runs.size(); ++i)
-          runs[i].nll[std::size_t(t + 1)] = llama::nll(logits.row(Eigen::Index(i)), ids[std::size_t(t + 1)]);
-        progress("stream", t + 1, opt.tokens - 1, seconds());
-      }
-    }
-    const double stream_seconds = seconds();
-    long recompute_steps = 0, recompute_done = 0;
-    for (int t = opt.recompute_every; t + 1 < opt.tokens; t += opt.recompute_every)
-      recompute_steps += long(recompute.size());
-    for (auto& r : recompute)
-      for (int t = opt.recompute_every; t + 1 < opt.tokens; t += opt.recompute_every) {
-        // The protocol: re-prefill the window before token t into a cleared cache, then token t itself.
-        const auto range = kvevict::SlidingWindowRecompute::recompute_range(t, r.budget);
-        const int begin = range.empty() ? 0 : int(range.begin);
-        r.cache->clear();
-        const Eigen::RowVectorXf logits = model.prefill(*r.cache, &ids[std::size_t(begin)], t + 1 - begin);
-        r.nll[std::size_t(t + 1)] = llama::nll(logits, ids[std::size_t(t + 1)]);
-        progress("recompute", ++recompute_done, recompute_steps, seconds() - stream_seconds);
-      }
-    const double total_seconds = seconds();
+    const StreamTime stream_time = stream(model, runs.stream, ids);
+    recompute(model, runs.recompute, ids, targets);
 
-    const Run* dense = nullptr;
-    for (const auto& r : runs)
-      if (r.label == "dense") dense = &r;
-    std::printf("%-22s %10s  %s\n", "run", "ppl", "note");
-    for (const auto& r : runs) std::printf("%-22s %10.3f\n", r.label.c_str(), ppl(r.nll));
-    for (const auto& r : recompute) {
-      std::printf("%-22s %10.3f  on %ld tokens", r.label.c_str(), ppl(r.nll), recompute_steps / long(recompute.size()));
-      if (dense) std::printf("; dense on the same tokens %.3f", ppl(dense->nll, &r.nll));
-      std::printf("\n");
-    }
-    std::printf(
-        "summary: %d tokens, %zu streaming runs in %.1f s (%.1f steps/s, %.1f sequence-tokens/s), "
-        "%ld recompute evaluations in %.1f s\n",
-        opt.tokens, runs.size(), stream_seconds, (opt.tokens - 1) / std::max(stream_seconds, 1e-9),
-        double(runs.size()) * (opt.tokens - 1) / std::max(stream_seconds, 1e-9), recompute_steps,
-        total_seconds - stream_seconds);
-
-    if (!opt.csv.empty()) {
-      std::ofstream csv(opt.csv);
-      csv << "token,id";
-      for (const auto& r : runs) csv << "," << r.label;
-      for (const auto& r : recompute) csv << "," << r.label;
-      csv << "\n";
-      for (std::size_t t = 1; t < ids.size(); ++t) {
-        csv << t << "," << ids[t];
-        for (const auto* group : {&runs, &recompute})
-          for (const auto& r : *group) {
-            csv << ",";
-            if (!std::isnan(r.nll[t])) csv << r.nll[t];
-          }
-        csv << "\n";
-      }
-    }
-    if (table) {
-      std::ofstream map(opt.attention_map);
-      map << "layer";
-      for (int p = 0; p < table->n_first; ++p) map << ",pos" << p;
-      map << "\n";
-      for (int l = 0; l < table->n_layers; ++l) {
-        map << l;
-        for (int p = 0; p < table->n_first; ++p) map << "," << table->mean(l, p);
-        map << "\n";
-      }
-    }
+    print_summary(opt, runs, targets);
+    print_buckets(opt, runs);
+    print_comparisons(opt, runs);
+    print_times(opt, model, runs, ids, stream_time, targets.size());
+    if (!opt.csv.empty()) write_nll_csv(opt.csv, runs, ids);
+    if (!opt.bucket_csv.empty()) write_bucket_csv(opt, runs);
+    if (runs.table) write_attention_map(opt.attention_map, *runs.table);
   } catch (const std::exception& e) {
     std::cerr << "kvevict_eval: " << e.what() << "\n";
     return 1;

@@ -7,8 +7,8 @@
 #ifndef KVEVICT_EXAMPLES_LLAMA_TOKENIZER_HPP
 #define KVEVICT_EXAMPLES_LLAMA_TOKENIZER_HPP
 
-#include <climits>
 #include <cstdint>
+#include <queue>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -16,6 +16,24 @@
 #include "gguf.hpp"
 
 namespace llama {
+
+/// Text as the tokenizer expects it: no UTF-8 byte-order mark, and "\n" line endings (Windows "\r\n" and
+/// old Mac "\r" become "\n"). Everything else is left as it is.
+inline std::string normalize_text(const std::string& text) {
+  const std::string bom = "\xEF\xBB\xBF";
+  std::size_t i = text.compare(0, bom.size(), bom) == 0 ? bom.size() : 0;
+  std::string out;
+  out.reserve(text.size() - i);
+  for (; i < text.size(); ++i) {
+    if (text[i] != '\r') {
+      out += text[i];
+      continue;
+    }
+    out += '\n';
+    if (i + 1 < text.size() && text[i + 1] == '\n') ++i;
+  }
+  return out;
+}
 
 class Tokenizer {
  public:
@@ -143,34 +161,60 @@ class Tokenizer {
     }
   }
 
+  // Byte-level BPE of one piece: merge the adjacent pair of lowest rank (the leftmost on a tie) until no
+  // pair is in the merge table. Symbols form a linked list over the piece and the candidate pairs a heap, so
+  // a piece of n bytes costs O(n log n): a long run of dashes or spaces is a single piece.
   std::vector<int> bpe(const std::string& piece) const {
-    std::vector<std::string> symbols;
-    for (char c : piece) symbols.push_back(byte_to_symbol_[static_cast<unsigned char>(c)]);
-    while (symbols.size() > 1) {
-      int best = INT_MAX;
-      std::size_t at = 0;
-      for (std::size_t i = 0; i + 1 < symbols.size(); ++i) {
-        auto it = rank_.find(symbols[i] + " " + symbols[i + 1]);
-        if (it != rank_.end() && it->second < best) {
-          best = it->second;
-          at = i;
-        }
-      }
-      if (best == INT_MAX) break;
-      symbols[at] += symbols[at + 1];
-      symbols.erase(symbols.begin() + std::ptrdiff_t(at) + 1);
+    struct Symbol {
+      std::size_t begin, size;  // in `text`; size 0 once merged into its left neighbour
+      int prev, next;           // -1 at either end
+    };
+    struct Pair {
+      int rank, left, right;
+      std::size_t size;  // of the merged symbol: tells a stale entry (a neighbour has changed) from a live one
+    };
+    std::string text;  // the piece as byte symbols
+    std::vector<Symbol> symbols;
+    for (char c : piece) {
+      const std::string& s = byte_to_symbol_[static_cast<unsigned char>(c)];
+      symbols.push_back({text.size(), s.size(), int(symbols.size()) - 1, int(symbols.size()) + 1});
+      text += s;
+    }
+    if (symbols.empty()) return {};
+    symbols.back().next = -1;
+    auto after = [](const Pair& a, const Pair& b) { return a.rank != b.rank ? a.rank > b.rank : a.left > b.left; };
+    std::priority_queue<Pair, std::vector<Pair>, decltype(after)> pairs(after);
+    auto consider = [&](int left, int right) {
+      if (left < 0 || right < 0) return;
+      const Symbol &l = symbols[std::size_t(left)], &r = symbols[std::size_t(right)];
+      auto it = rank_.find(text.substr(l.begin, l.size) + " " + text.substr(r.begin, r.size));
+      if (it != rank_.end()) pairs.push({it->second, left, right, l.size + r.size});
+    };
+    for (int i = 0; i + 1 < int(symbols.size()); ++i) consider(i, i + 1);
+    while (!pairs.empty()) {
+      const Pair p = pairs.top();
+      pairs.pop();
+      Symbol &l = symbols[std::size_t(p.left)], &r = symbols[std::size_t(p.right)];
+      if (l.size == 0 || l.next != p.right || l.size + r.size != p.size) continue;  // stale: merged since
+      l.size += r.size;
+      r.size = 0;
+      l.next = r.next;
+      if (r.next >= 0) symbols[std::size_t(r.next)].prev = p.left;
+      consider(l.prev, p.left);
+      consider(p.left, l.next);
     }
     std::vector<int> ids;
-    for (const auto& s : symbols) {
+    for (int i = 0; i >= 0; i = symbols[std::size_t(i)].next) {
+      const std::string s = text.substr(symbols[std::size_t(i)].begin, symbols[std::size_t(i)].size);
       auto it = id_.find(s);
       if (it != id_.end()) {
         ids.push_back(it->second);
         continue;
       }
-      for (std::size_t i = 0; i < s.size();) {  // not in the vocabulary: one token per byte symbol
-        const std::size_t n = utf8_length(static_cast<unsigned char>(s[i]));
-        ids.push_back(id_.at(s.substr(i, n)));
-        i += n;
+      for (std::size_t k = 0; k < s.size();) {  // not in the vocabulary: one token per byte symbol
+        const std::size_t n = utf8_length(static_cast<unsigned char>(s[k]));
+        ids.push_back(id_.at(s.substr(k, n)));
+        k += n;
       }
     }
     return ids;

@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 // The GGUF reader on the real file, and on truncated and bit-flipped copies of it: a clear GgufError,
-// never a crash (this suite also runs under AddressSanitizer).
+// never a crash (this suite also runs under AddressSanitizer); and the tokenizer's text handling.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <random>
 
 #include "gguf.hpp"
 #include "model_assets.hpp"
+#include "tokenizer.hpp"
 
 namespace {
 
@@ -112,6 +114,46 @@ TEST(Gguf, MissingFileIsNamed) {
     FAIL();
   } catch (const gguf::GgufError& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/model.gguf"), std::string::npos);
+  }
+}
+
+const llama::Tokenizer& tokenizer() {
+  static const gguf::File file(assets::model());
+  static const llama::Tokenizer t(file);
+  return t;
+}
+
+TEST(Tokenizer, NormalizeTextStripsTheByteOrderMarkAndUnifiesLineEndings) {
+  EXPECT_EQ(llama::normalize_text("\xEF\xBB\xBFOne\r\nTwo\rThree\n\r\nFour"), "One\nTwo\nThree\n\nFour");
+  EXPECT_EQ(llama::normalize_text("a\r"), "a\n");
+  EXPECT_EQ(llama::normalize_text("\r\r\n\n"), "\n\n\n");
+  EXPECT_EQ(llama::normalize_text(""), "");
+  EXPECT_EQ(llama::normalize_text("\xEF\xBB"), "\xEF\xBB");            // not a whole mark: left alone
+  EXPECT_EQ(llama::normalize_text("x\xEF\xBB\xBF"), "x\xEF\xBB\xBF");  // a mark only counts at the start
+  EXPECT_EQ(llama::normalize_text("caf\xC3\xA9\tand tea\n"), "caf\xC3\xA9\tand tea\n");
+}
+
+TEST(Tokenizer, AWindowsCopyOfANovelTokenisesLikeTheOriginalOnceNormalised) {
+  const std::string passage = assets::read(assets::novel("persuasion")).substr(0, 3000);
+  std::string windows = "\xEF\xBB\xBF";
+  for (char c : passage) {
+    if (c == '\n') windows += '\r';
+    windows += c;
+  }
+  EXPECT_NE(tokenizer().encode(windows), tokenizer().encode(passage));
+  EXPECT_EQ(tokenizer().encode(llama::normalize_text(windows)), tokenizer().encode(passage));
+}
+
+TEST(Tokenizer, LongPiecesAreNotQuadratic) {
+  // A run of dashes or spaces is a single pre-tokenizer piece; BPE on it took seconds per 20 KB when every
+  // merge rescanned the piece.
+  for (const std::string& text : {std::string(100000, '-'), "a" + std::string(100000, ' ') + "b"}) {
+    const auto start = std::chrono::steady_clock::now();
+    const std::vector<int> ids = tokenizer().encode(text);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(tokenizer().decode(ids), text);
+    EXPECT_LT(ids.size(), text.size() / 8);
+    EXPECT_LT(seconds, 5.0);
   }
 }
 }  // namespace

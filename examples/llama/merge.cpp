@@ -55,7 +55,8 @@ int main(int argc, char** argv) {
   }
   try {
     const gguf::File file(model_path);
-    const llama::Model model(file);
+    llama::Model model(file);
+    model.dequantize();  // merged weights are floats: compare every model on the float path
     const llama::Tokenizer tokenizer(file);
     std::vector<int> calib = tokenizer.encode(read(calibration).substr(0, std::size_t(calibration_tokens) * 8));
     std::vector<int> eval = tokenizer.encode(read(text).substr(0, std::size_t(tokens) * 8));

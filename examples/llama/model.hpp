@@ -7,17 +7,67 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <initializer_list>
 #include <kvevict/kvevict.hpp>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <kvevict/head_merge.hpp>
 #include "gguf.hpp"
+#include "quant.hpp"
+#include "threads.hpp"
 
 namespace llama {
 
 using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// A weight matrix: quantised blocks read in place from the mapped file (the fast path), or floats (a type
+/// without a quantised product, or a matrix the engine rewrote, as merge_kv_heads does).
+class Weight {
+ public:
+  Weight() = default;
+  explicit Weight(const gguf::TensorInfo& t) {
+    if (t.type == gguf::Type::Q4_0 || t.type == gguf::Type::Q4_1 || t.type == gguf::Type::Q8_0) {
+      quantised_ = quant::QuantMatrix(t);
+    } else {
+      dense_.resize(Eigen::Index(t.n_elements / t.dims[0]), Eigen::Index(t.dims[0]));
+      gguf::dequantize(t, dense_.data());
+    }
+  }
+  explicit Weight(Matrix dense) : dense_(std::move(dense)) {}
+
+  bool quantised() const { return dense_.size() == 0; }
+  Eigen::Index rows() const { return quantised() ? Eigen::Index(quantised_.rows()) : dense_.rows(); }
+  Eigen::Index cols() const { return quantised() ? Eigen::Index(quantised_.cols()) : dense_.cols(); }
+  /// The matrix as floats (a copy when quantised).
+  Matrix dense() const {
+    if (!quantised()) return dense_;
+    Matrix m(rows(), cols());
+    for (Eigen::Index r = 0; r < rows(); ++r) quantised_.dequantize_row(r, m.row(r).data());
+    return m;
+  }
+  void row(Eigen::Index r, float* out) const {
+    if (quantised())
+      quantised_.dequantize_row(r, out);
+    else
+      Eigen::Map<Eigen::RowVectorXf>(out, dense_.cols()) = dense_.row(r);
+  }
+  /// Rows [first, last) of out = W x: quantised weights take x rounded to blocks (`xq`), float weights x itself.
+  void multiply_rows(const Eigen::MatrixXf& x, const quant::Activations& xq, Eigen::Index first, Eigen::Index last,
+                     Eigen::MatrixXf& out) const {
+    if (quantised()) {
+      quantised_.multiply_rows(xq, first, last, out.data(), out.rows());
+    } else {
+      out.middleRows(first, last - first).noalias() = (dense_.middleRows(first, last - first).lazyProduct(x)).eval();
+    }
+  }
+
+ private:
+  quant::QuantMatrix quantised_;
+  Matrix dense_;
+};
 
 struct Config {
   int n_layers, n_embd, n_heads, n_kv_heads, head_dim, n_ff, vocab;
@@ -73,7 +123,7 @@ class Model {
     c_.rope_theta = file.has("llama.rope.freq_base") ? file.number("llama.rope.freq_base") : 10000.0;
     if (file.has("llama.rope.dimension_count") && file.integer("llama.rope.dimension_count") != c_.head_dim)
       throw gguf::GgufError("partial RoPE is not supported");
-    embed_ = load(file, "token_embd.weight");
+    embed_ = weight(file, "token_embd.weight", -1, c_.n_embd);
     c_.vocab = int(embed_.rows());
     output_norm_ = load(file, "output_norm.weight");
     for (int l = 0; l < c_.n_layers; ++l) {
@@ -81,18 +131,30 @@ class Model {
       Layer layer;
       layer.attn_norm = load(file, p + "attn_norm.weight");
       layer.ffn_norm = load(file, p + "ffn_norm.weight");
-      layer.wq = load(file, p + "attn_q.weight", c_.n_embd, c_.n_embd);
-      layer.wk = load(file, p + "attn_k.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
-      layer.wv = load(file, p + "attn_v.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
-      layer.wo = load(file, p + "attn_output.weight", c_.n_embd, c_.n_embd);
-      layer.gate = load(file, p + "ffn_gate.weight", c_.n_ff, c_.n_embd);
-      layer.up = load(file, p + "ffn_up.weight", c_.n_ff, c_.n_embd);
-      layer.down = load(file, p + "ffn_down.weight", c_.n_embd, c_.n_ff);
+      layer.wq = weight(file, p + "attn_q.weight", c_.n_embd, c_.n_embd);
+      layer.wk = weight(file, p + "attn_k.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
+      layer.wv = weight(file, p + "attn_v.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
+      layer.wo = weight(file, p + "attn_output.weight", c_.n_embd, c_.n_embd);
+      layer.gate = weight(file, p + "ffn_gate.weight", c_.n_ff, c_.n_embd);
+      layer.up = weight(file, p + "ffn_up.weight", c_.n_ff, c_.n_embd);
+      layer.down = weight(file, p + "ffn_down.weight", c_.n_embd, c_.n_ff);
       layers_.push_back(std::move(layer));
     }
   }
 
   const Config& config() const { return c_; }
+
+  /// Turns every weight into floats: the slow reference engine, whose products round nothing (no activation
+  /// is rounded to 8 bits), for checks that need exact arithmetic.
+  void dequantize() {
+    embed_ = Weight(embed_.dense());
+    for (Layer& w : layers_)
+      for (Weight* m : {&w.wq, &w.wk, &w.wv, &w.wo, &w.gate, &w.up, &w.down}) *m = Weight(m->dense());
+  }
+
+  /// Threads for the matrix products and for attending several sequences at once (the caller's included).
+  void set_threads(int n) { pool_ = std::make_shared<ThreadPool>(n); }
+  int threads() const { return pool_->size(); }
 
   kvevict::Shape shape(int budget) const {
     return kvevict::Shape{c_.n_layers, c_.n_heads, c_.n_kv_heads, c_.head_dim, budget};
@@ -123,11 +185,12 @@ class Model {
     {
       int r = 0;
       for (const auto& s : segments)
-        for (int t = 0; t < s.n_tokens; ++t) x.col(r++) = embed_.row(s.tokens[t]).transpose();
+        for (int t = 0; t < s.n_tokens; ++t) embed_.row(s.tokens[t], x.col(r++).data());
     }
     const int kv_width = c_.n_kv_heads * c_.head_dim;
     Columns h(c_.n_embd, rows), q(c_.n_embd, rows), k(kv_width, rows), v(kv_width, rows), attn(c_.n_embd, rows),
         gate(c_.n_ff, rows), up(c_.n_ff, rows), tmp_embd(c_.n_embd, rows);
+    quant::Activations hq;
     auto as_rows = [](Columns& m, int first, int n) {
       return Eigen::Map<Matrix>(m.data() + std::ptrdiff_t(first) * m.rows(), n, m.rows());
     };
@@ -136,38 +199,34 @@ class Model {
     for (int l = 0; l < c_.n_layers; ++l) {
       const Layer& w = layers_[std::size_t(l)];
       rms_norm(x, w.attn_norm, h);
-      matmul(w.wq, h, q);
-      matmul(w.wk, h, k);
-      matmul(w.wv, h, v);
+      multiply({{&w.wq, &q}, {&w.wk, &k}, {&w.wv, &v}}, h, hq);
       if (kv_out) {
         kv_out->resize(layers_.size());
         (*kv_out)[std::size_t(l)] = {k.transpose(), v.transpose()};
       }
       // Sequences own separate caches, so they attend in parallel.
-#pragma omp parallel for schedule(dynamic)
-      for (int i = 0; i < int(segments.size()); ++i) {
+      pool_->parallel_for(int(segments.size()), [&](int i) {
         const auto& s = segments[std::size_t(i)];
         const int f = first[std::size_t(i)];
         s.cache->forward(l, as_rows(q, f, s.n_tokens), as_rows(k, f, s.n_tokens), as_rows(v, f, s.n_tokens),
                          as_rows(attn, f, s.n_tokens));
-      }
-      matmul(w.wo, attn, tmp_embd);
+      });
+      multiply({{&w.wo, &tmp_embd}}, attn, hq);
       x += tmp_embd;
       rms_norm(x, w.ffn_norm, h);
-      matmul(w.gate, h, gate);
-      matmul(w.up, h, up);
+      multiply({{&w.gate, &gate}, {&w.up, &up}}, h, hq);
       gate = (gate.array() / (1.0f + (-gate.array()).exp()) * up.array()).matrix();  // SiLU(gate) * up
-      matmul(w.down, gate, tmp_embd);
+      multiply({{&w.down, &tmp_embd}}, gate, hq);
       x += tmp_embd;
     }
     rms_norm(x, output_norm_, h);
     Columns logits(c_.vocab, all_logits ? rows : Eigen::Index(segments.size()));
     if (all_logits) {
-      matmul(embed_, h, logits);
+      multiply({{&embed_, &logits}}, h, hq);
     } else {
       Columns last(c_.n_embd, Eigen::Index(segments.size()));
       for (std::size_t i = 0; i < segments.size(); ++i) last.col(Eigen::Index(i)) = h.col(first[i + 1] - 1);
-      matmul(embed_, last, logits);
+      multiply({{&embed_, &logits}}, last, hq);
     }
     return logits.transpose();
   }
@@ -199,20 +258,25 @@ class Model {
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const kvevict::HeadMerge& m = merges.at(l);
       Layer& w = layers_[l];
+      // The merged maps are dense: these four matrices leave the quantised path and are multiplied as floats.
+      Matrix wq = w.wq.dense(), wo = w.wo.dense();
+      const Matrix old_k = w.wk.dense(), old_v = w.wv.dense();
       Matrix wk = Matrix::Zero(Eigen::Index(m.n_merged) * d, c_.n_embd), wv = wk;
       for (int old = 0; old < c_.n_kv_heads; ++old) {
         const auto g = Eigen::Index(old / m.group()) * d, rows = Eigen::Index(old) * d;
-        wk.middleRows(g, d) += (m.key_in[std::size_t(old)] * w.wk.middleRows(rows, d).cast<double>()).cast<float>();
-        wv.middleRows(g, d) += (m.value_in[std::size_t(old)] * w.wv.middleRows(rows, d).cast<double>()).cast<float>();
+        wk.middleRows(g, d) += (m.key_in[std::size_t(old)] * old_k.middleRows(rows, d).cast<double>()).cast<float>();
+        wv.middleRows(g, d) += (m.value_in[std::size_t(old)] * old_v.middleRows(rows, d).cast<double>()).cast<float>();
       }
       for (int h = 0; h < c_.n_heads; ++h) {
         const auto old = std::size_t(h / q_per_kv);
         const auto block = Eigen::Index(h) * d;
-        w.wq.middleRows(block, d) = (m.key_in[old] * w.wq.middleRows(block, d).cast<double>()).cast<float>();
-        w.wo.middleCols(block, d) = (w.wo.middleCols(block, d).cast<double>() * m.value_out[old]).cast<float>();
+        wq.middleRows(block, d) = (m.key_in[old] * wq.middleRows(block, d).cast<double>()).cast<float>();
+        wo.middleCols(block, d) = (wo.middleCols(block, d).cast<double>() * m.value_out[old]).cast<float>();
       }
-      w.wk = wk;
-      w.wv = wv;
+      w.wq = Weight(std::move(wq));
+      w.wk = Weight(std::move(wk));
+      w.wv = Weight(std::move(wv));
+      w.wo = Weight(std::move(wo));
     }
     c_.n_kv_heads = merges.at(0).n_merged;
   }
@@ -230,22 +294,43 @@ class Model {
  private:
   struct Layer {
     Eigen::RowVectorXf attn_norm, ffn_norm;
-    Matrix wq, wk, wv, wo, gate, up, down;
+    Weight wq, wk, wv, wo, gate, up, down;
   };
 
-  // out = w * x for a few columns x: every weight row is read once and dotted with all columns while in
-  // cache (a lazy product, blocks of rows across threads). Eigen's GEMM would repack the whole weight on
-  // every call, which at a handful of columns costs more than the arithmetic.
-  static void matmul(const Matrix& w, const Eigen::MatrixXf& x, Eigen::MatrixXf& out) {
-    constexpr Eigen::Index kRows = 64;
-    const Eigen::Index n = w.rows();
-    Matrix by_rows(n, x.cols());
-#pragma omp parallel for schedule(static)
-    for (Eigen::Index b = 0; b < n; b += kRows) {
-      const Eigen::Index m = std::min(kRows, n - b);
-      by_rows.middleRows(b, m).noalias() = w.middleRows(b, m).lazyProduct(x);
+  // out = W x for each (W, out) of `products`, all with the same input: x is rounded to 8-bit blocks once,
+  // and the rows of every product are shared out to the threads in one parallel loop (one fork and join
+  // instead of one per product). Each weight row is read once and dotted with all columns while in cache.
+  void multiply(std::initializer_list<std::pair<const Weight*, Eigen::MatrixXf*>> products, const Eigen::MatrixXf& x,
+                quant::Activations& xq) const {
+    xq.quantize(x.data(), int(x.rows()), int(x.cols()));
+    constexpr Eigen::Index kRows = 32;
+    std::vector<std::pair<std::size_t, Eigen::Index>> blocks;  // (product, first row)
+    std::size_t i = 0;
+    for (const auto& [w, out] : products) {
+      out->resize(w->rows(), x.cols());
+      for (Eigen::Index r = 0; r < w->rows(); r += kRows) blocks.emplace_back(i, r);
+      ++i;
     }
-    out = by_rows;
+    const auto* list = products.begin();
+    pool_->parallel_for(int(blocks.size()), [&](int b) {
+      const auto& [w, out] = list[blocks[std::size_t(b)].first];
+      const Eigen::Index r = blocks[std::size_t(b)].second;
+      w->multiply_rows(x, xq, r, std::min(r + kRows, w->rows()), *out);
+    });
+  }
+
+  static Weight weight(const gguf::File& file, const std::string& name, int rows, int cols) {
+    const auto& t = file.tensor(name);
+    check_shape(t, rows, cols);
+    return Weight(t);
+  }
+
+  static void check_shape(const gguf::TensorInfo& t, int rows, int cols) {
+    const auto n_cols = Eigen::Index(t.dims[0]);
+    const auto n_rows = Eigen::Index(t.n_elements / t.dims[0]);
+    if ((rows >= 0 && n_rows != rows) || (cols >= 0 && n_cols != cols))
+      throw gguf::GgufError("tensor " + t.name + ": unexpected shape " + std::to_string(n_rows) + "x" +
+                            std::to_string(n_cols));
   }
 
   static Matrix load(const gguf::File& file, const std::string& name, int rows = -1, int cols = -1) {
@@ -268,7 +353,8 @@ class Model {
   }
 
   Config c_{};
-  Matrix embed_;
+  std::shared_ptr<ThreadPool> pool_ = std::make_shared<ThreadPool>();  // shared by copies of the model
+  Weight embed_;
   Eigen::RowVectorXf output_norm_;
   std::vector<Layer> layers_;
 };

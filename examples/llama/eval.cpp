@@ -35,9 +35,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "model.hpp"
 #include "probe.hpp"
@@ -63,6 +60,15 @@ struct Options {
   std::vector<int> budgets{128, 256, 512};
   std::vector<std::string> policies{"dense", "window", "recompute", "streaming", "h2o", "ahakv", "l2"};
   std::vector<std::pair<std::string, std::string>> compare;
+  std::vector<std::pair<std::string, int>> run_tokens;  // (run label or "*", tokens), later entries win
+
+  /// Tokens the run labelled `label` reads: --tokens unless --run-tokens (or --dense-tokens) says less.
+  int tokens_for(const std::string& label) const {
+    int n = label == "dense" ? dense_tokens : tokens;
+    for (const auto& [which, count] : run_tokens)
+      if (which == "*" || which == label) n = count;
+    return n;
+  }
 };
 
 const char* const kUsage =
@@ -75,6 +81,8 @@ const char* const kUsage =
     "  --policies P[,P...]      dense, window, recompute, streaming, streaming:N, streaming-nl, h2o, ahakv, l2\n"
     "                           (default dense,window,recompute,streaming,h2o,ahakv,l2)\n"
     "  --dense-tokens N         dense reads only the first N tokens and then drops out (default: all)\n"
+    "  --run-tokens L=N[,L=N]   run L (a label such as streaming/1024, or * for every run) reads only the\n"
+    "                           first N tokens; later entries win: *=32768,streaming/1024=200000\n"
     "  --recompute-every N      score recompute every N tokens (default 64)\n"
     "  --recompute-range F:C    score recompute on every token F .. F+C-1 instead (F >= budget + 2; C of 512\n"
     "                           or more gives intervals)\n"
@@ -138,7 +146,13 @@ Options parse(int argc, char** argv) {
         o.tokens = std::stoi(v);
       else if (a == "--dense-tokens")
         o.dense_tokens = std::stoi(v);
-      else if (a == "--skip-chars")
+      else if (a == "--run-tokens") {
+        for (const auto& entry : split(v)) {
+          const auto eq = entry.find('=');
+          if (eq == std::string::npos) usage("--run-tokens takes LABEL=N entries: " + entry);
+          o.run_tokens.emplace_back(entry.substr(0, eq), std::stoi(entry.substr(eq + 1)));
+        }
+      } else if (a == "--skip-chars")
         o.skip_chars = std::stol(v);
       else if (a == "--recompute-every")
         o.recompute_every = std::stoi(v);
@@ -170,6 +184,8 @@ Options parse(int argc, char** argv) {
   if (o.tokens < 2) usage("--tokens must be at least 2");
   if (o.dense_tokens == 0) o.dense_tokens = o.tokens;
   if (o.dense_tokens < 2 || o.dense_tokens > o.tokens) usage("--dense-tokens must be in [2, --tokens]");
+  for (const auto& [label, n] : o.run_tokens)
+    if (n < 2 || n > o.tokens) usage("--run-tokens " + label + " must be in [2, --tokens]");
   if (o.recompute_every < 1) usage("--recompute-every must be at least 1");
   if (o.recompute_count > 0 && o.recompute_first + o.recompute_count > o.tokens)
     usage("--recompute-range goes past --tokens");
@@ -181,15 +197,6 @@ Options parse(int argc, char** argv) {
 }
 
 std::string plural(long n, const std::string& what) { return std::to_string(n) + " " + what + (n == 1 ? "" : "s"); }
-
-int set_threads(int requested) {
-  const int n = requested > 0 ? requested : int(std::max(1u, std::thread::hardware_concurrency()));
-#ifdef _OPENMP
-  omp_set_num_threads(n);
-#endif
-  Eigen::setNbThreads(n);
-  return n;
-}
 
 // ------------------------------------------------------------------------------------------------- text
 
@@ -283,7 +290,7 @@ std::unique_ptr<llama::SequenceCache> make(const llama::Model& m, const std::str
 Run make_dense(const llama::Model& model, const Options& opt, Runs& runs) {
   Run r;
   r.label = r.policy = "dense";
-  r.budget = r.end = opt.dense_tokens;
+  r.budget = r.end = opt.tokens_for("dense");
   if (opt.attention_map.empty()) {
     r.cache = model.make_cache<kvevict::Dense>(r.budget, {}, 4);
     return r;
@@ -314,7 +321,7 @@ Runs make_runs(const llama::Model& model, const Options& opt, int newline) {
       r.label = name + "/" + std::to_string(b);
       r.policy = name;
       r.budget = b;
-      r.end = opt.tokens;
+      r.end = opt.tokens_for(r.label);
       r.cache = make(model, name, b);
       if (name == "streaming-nl") r.prefix.assign(4, newline);
       (name == "recompute" ? runs.recompute : runs.stream).push_back(std::move(r));
@@ -690,9 +697,10 @@ void write_attention_map(const std::string& path, const llama::AttentionTable& t
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   try {
-    const int threads = set_threads(opt.threads);
     const gguf::File file(opt.model);
-    const llama::Model model(file);
+    llama::Model model(file);
+    if (opt.threads > 0) model.set_threads(opt.threads);
+    const int threads = model.threads();
     const llama::Tokenizer tokenizer(file);
     const auto tokenize_start = std::chrono::steady_clock::now();
     const std::vector<int> ids = tokenize(tokenizer, read_stream(opt.texts), opt.skip_chars, opt.tokens);

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -111,10 +112,13 @@ inline float dot(const BlockQ8_0* w, const BlockQ8* a, int n_blocks) {
   return sum;
 }
 
-/// out[c] = row w . column a[c] for `n_cols` columns.
 template <class Block>
-void dot_columns(const Block* w, const BlockQ8* const* a, int n_cols, int n_blocks, float* out) {
-  for (int c = 0; c < n_cols; ++c) out[c] = dot(w, a[c], n_blocks);
+void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
+              int n_cols, int n_blocks, float* out, std::int64_t ld) {
+  for (std::int64_t r = 0; r < n_rows; ++r) {
+    const auto* row = reinterpret_cast<const Block*>(first_row + std::size_t(r) * row_bytes);
+    for (int c = 0; c < n_cols; ++c) out[r + c * ld] = dot(row, a[c], n_blocks);
+  }
 }
 
 }  // namespace scalar
@@ -142,58 +146,66 @@ inline __m256 products(__m256i w_unsigned, __m256i a_signed) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-// One weight row against up to four activation columns: each weight block is unpacked once for all of them.
-template <std::size_t kCols, class Block>
-void dot_columns_n(const Block* w, const BlockQ8* const* a, int n_blocks, float* out) {
-  __m256 acc[kCols];
-  float mins[kCols];
-  for (std::size_t c = 0; c < kCols; ++c) {
-    acc[c] = _mm256_setzero_ps();
-    mins[c] = 0.0f;
-  }
+// A tile of kRows weight rows by kCols activation columns: each weight block is unpacked once for every column
+// and each activation block loaded once for every row, and the kRows * kCols accumulators are independent, so
+// the FMA latency is hidden even for a single column (decode).
+template <std::size_t kRows, std::size_t kCols, class Block>
+void tile(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* out, std::int64_t ld) {
+  constexpr bool is_signed = !std::is_same_v<Block, BlockQ4_1>;  // Q4_1 holds 0..15 plus a minimum
+  __m256 acc[kRows][kCols];
+  float mins[kRows][kCols];
+  for (std::size_t r = 0; r < kRows; ++r)
+    for (std::size_t c = 0; c < kCols; ++c) {
+      acc[r][c] = _mm256_setzero_ps();
+      mins[r][c] = 0.0f;
+    }
   for (int b = 0; b < n_blocks; ++b) {
-    const float d = fp16(w[b].d);
-    constexpr bool is_signed = !std::is_same_v<Block, BlockQ4_1>;
-    __m256i wq;
-    float m = 0.0f;
-    if constexpr (std::is_same_v<Block, BlockQ8_0>) {
-      wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
-    } else if constexpr (std::is_same_v<Block, BlockQ4_0>) {
-      wq = _mm256_sub_epi8(unpack_nibbles(w[b].qs), _mm256_set1_epi8(8));
-    } else {
-      wq = unpack_nibbles(w[b].qs);
-      m = fp16(w[b].m);
+    __m256i wq[kRows];
+    float d[kRows], m[kRows];
+    for (std::size_t r = 0; r < kRows; ++r) {
+      const Block& block = w[r][b];
+      d[r] = fp16(block.d);
+      m[r] = 0.0f;
+      if constexpr (std::is_same_v<Block, BlockQ8_0>) {
+        wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block.qs));
+      } else if constexpr (std::is_same_v<Block, BlockQ4_0>) {
+        wq[r] = _mm256_sub_epi8(unpack_nibbles(block.qs), _mm256_set1_epi8(8));
+      } else {
+        wq[r] = unpack_nibbles(block.qs);
+        m[r] = fp16(block.m);
+      }
     }
     for (std::size_t c = 0; c < kCols; ++c) {
-      const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[c][b].qs));
-      __m256 p;
-      if constexpr (is_signed)  // signed x signed: |w| times a with w's sign
-        p = products(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
-      else
-        p = products(wq, aq);
-      acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[c][b].d), p, acc[c]);
-      mins[c] += m * a[c][b].s;
+      const BlockQ8& x = a[c][b];
+      const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs));
+      for (std::size_t r = 0; r < kRows; ++r) {
+        const __m256 p = is_signed ? products(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(aq, wq[r]))
+                                   : products(wq[r], aq);  // signed: |w| times a with w's sign
+        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d[r] * x.d), p, acc[r][c]);
+        mins[r][c] += m[r] * x.s;
+      }
     }
   }
-  for (std::size_t c = 0; c < kCols; ++c) out[c] = hsum(acc[c]) + mins[c];
+  for (std::size_t r = 0; r < kRows; ++r)
+    for (std::size_t c = 0; c < kCols; ++c)
+      out[std::ptrdiff_t(r) + std::ptrdiff_t(c) * ld] = hsum(acc[r][c]) + mins[r][c];
 }
 
+/// out(r, c) for `n_rows` rows starting at `first_row`, every column: tiles of 4 rows by 2 columns.
 template <class Block>
-void dot_columns(const Block* w, const BlockQ8* const* a, int n_cols, int n_blocks, float* out) {
-  int c = 0;
-  for (; c + 4 <= n_cols; c += 4) dot_columns_n<4>(w, a + c, n_blocks, out + c);
-  switch (n_cols - c) {
-    case 3:
-      dot_columns_n<3>(w, a + c, n_blocks, out + c);
-      break;
-    case 2:
-      dot_columns_n<2>(w, a + c, n_blocks, out + c);
-      break;
-    case 1:
-      dot_columns_n<1>(w, a + c, n_blocks, out + c);
-      break;
-    default:
-      break;
+void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
+              int n_cols, int n_blocks, float* out, std::int64_t ld) {
+  auto row = [&](std::int64_t r) { return reinterpret_cast<const Block*>(first_row + std::size_t(r) * row_bytes); };
+  std::int64_t r = 0;
+  for (; r + 4 <= n_rows; r += 4) {
+    const Block* rows[4] = {row(r), row(r + 1), row(r + 2), row(r + 3)};
+    int c = 0;
+    for (; c + 2 <= n_cols; c += 2) tile<4, 2>(rows, a + c, n_blocks, out + r + c * ld, ld);
+    if (c < n_cols) tile<4, 1>(rows, a + c, n_blocks, out + r + c * ld, ld);
+  }
+  for (; r < n_rows; ++r) {
+    const Block* rows[1] = {row(r)};
+    for (int c = 0; c < n_cols; ++c) tile<1, 1>(rows, a + c, n_blocks, out + r + c * ld, ld);
   }
 }
 
@@ -203,12 +215,15 @@ void dot_columns(const Block* w, const BlockQ8* const* a, int n_cols, int n_bloc
 /// The implementation this build uses.
 inline const char* implementation() { return KVEVICT_QUANT_AVX2 ? "avx2" : "scalar"; }
 
+/// out(r, c) = row r . column c for `n_rows` rows from `first_row` (rows of `row_bytes`), every column of `a`;
+/// `out` is column-major with leading dimension `ld`.
 template <class Block>
-void dot_columns(const Block* w, const BlockQ8* const* a, int n_cols, int n_blocks, float* out) {
+void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
+              int n_cols, int n_blocks, float* out, std::int64_t ld) {
 #if KVEVICT_QUANT_AVX2
-  avx2::dot_columns(w, a, n_cols, n_blocks, out);
+  avx2::multiply<Block>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
 #else
-  scalar::dot_columns(w, a, n_cols, n_blocks, out);
+  scalar::multiply<Block>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
 #endif
 }
 
@@ -254,24 +269,19 @@ class QuantMatrix {
 
   /// out(r, c) for rows [first, last) and every column of `x`; `out` is column-major with leading dimension ld.
   void multiply_rows(const Activations& x, std::int64_t first, std::int64_t last, float* out, std::int64_t ld) const {
-    float partial[64];
-    for (std::int64_t r = first; r < last; ++r) {
-      const std::uint8_t* row = data_ + std::size_t(r) * row_bytes_;
-      for (int c0 = 0; c0 < x.n_cols(); c0 += 64) {
-        const int n = std::min(64, x.n_cols() - c0);
-        switch (type_) {
-          case gguf::Type::Q4_0:
-            dot_columns(reinterpret_cast<const BlockQ4_0*>(row), x.columns() + c0, n, x.n_blocks(), partial);
-            break;
-          case gguf::Type::Q4_1:
-            dot_columns(reinterpret_cast<const BlockQ4_1*>(row), x.columns() + c0, n, x.n_blocks(), partial);
-            break;
-          default:
-            dot_columns(reinterpret_cast<const BlockQ8_0*>(row), x.columns() + c0, n, x.n_blocks(), partial);
-            break;
-        }
-        for (int c = 0; c < n; ++c) out[std::size_t(r + (c0 + c) * ld)] = partial[c];
-      }
+    const std::uint8_t* rows = data_ + std::size_t(first) * row_bytes_;
+    const auto args =
+        std::make_tuple(rows, row_bytes_, last - first, x.columns(), x.n_cols(), x.n_blocks(), out + first, ld);
+    switch (type_) {
+      case gguf::Type::Q4_0:
+        std::apply(multiply<BlockQ4_0>, args);
+        break;
+      case gguf::Type::Q4_1:
+        std::apply(multiply<BlockQ4_1>, args);
+        break;
+      default:
+        std::apply(multiply<BlockQ8_0>, args);
+        break;
     }
   }
 

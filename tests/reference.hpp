@@ -59,6 +59,18 @@ inline Vec rope(Vec x, double position, double theta, kvevict::RopeLayout layout
   return x;
 }
 
+/// The norm of each pair RoPE turns together; a rotation keeps them, so no element of it exceeds the largest.
+inline Vec rope_pair_norms(const Vec& x, kvevict::RopeLayout layout) {
+  const std::size_t half = x.size() / 2;
+  Vec norms(half);
+  for (std::size_t i = 0; i < half; ++i) {
+    const std::size_t a = layout == kvevict::RopeLayout::adjacent ? 2 * i : i;
+    const std::size_t b = layout == kvevict::RopeLayout::adjacent ? 2 * i + 1 : i + half;
+    norms[i] = std::hypot(x[a], x[b]);
+  }
+  return norms;
+}
+
 }  // namespace ref
 
 #endif  // KVEVICT_TESTS_REFERENCE_HPP

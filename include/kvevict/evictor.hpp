@@ -19,9 +19,11 @@ namespace kvevict {
 /// its own memory (paged, quantised, on a device) owns Evictors instead and follows three rules:
 ///   1. write a new token's rows at `next_free_slot()`, then call `admit(...)`;
 ///   2. after attention, hand the weights to `observe(...)`;
-///   3. while `over_budget()`, call `evict_one()`; in PositionMode::in_cache, re-rotate the keys of
-///      `shifted_slot(0 .. n_shifted - 1)` by +1 position (RoPE is relative: when a token leaves, only the
-///      tokens older than it get one step closer to every later query).
+///   3. while `over_budget()`, call `evict_one()`; in PositionMode::in_cache, move the keys of
+///      `shifted_slot(0 .. n_shifted - 1)` on by one position (RoPE is relative: when a token leaves, only
+///      the tokens older than it get one step closer to every later query).
+/// For rule 3, use a KeyShifter (rope.hpp) built with `pinned_prefix()`, and give it each new key before
+/// RoPE at rule 1: it keeps the keys the policy holds for good on their exact rotation over any stream.
 /// @tparam Policy a type for which is_eviction_policy_v holds.
 template <class Policy>
 class Evictor {
@@ -34,7 +36,7 @@ class Evictor {
   struct Eviction {
     int slot;               ///< the freed slot
     std::int64_t position;  ///< the token that left
-    int n_shifted;          ///< in_cache mode: keys to re-rotate by +1, see shifted_slot()
+    int n_shifted;          ///< in_cache mode: keys to move on by +1, see shifted_slot()
   };
 
   Evictor() = default;
@@ -66,6 +68,9 @@ class Evictor {
     if constexpr (detail::has_protects<Policy>::value) return policy_.protects(position, newest);
     return false;
   }
+
+  /// How many first tokens of the stream the policy keeps for good (see KeyShifter).
+  int pinned_prefix() const { return policy_traits<Policy>::pinned_prefix(policy_); }
 
   /// The slot the next admit() fills. @pre size() < capacity
   int next_free_slot() const { return slots_.next_free(); }

@@ -63,12 +63,14 @@ class KVCache {
     }
     const std::size_t heads = std::size_t(shape_.n_layers) * std::size_t(shape_.n_kv_heads);
     heads_.reserve(heads);
+    shifters_.reserve(heads);
     keys_.reserve(heads);
     values_.reserve(heads);
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
       const int budget = budgets[std::size_t(layer)], capacity = budget + options_.max_chunk;
       for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
         heads_.emplace_back(policy, HeadContext{layer, kv, shape_.n_layers, budget, capacity, shape_.head_dim, group});
+        shifters_.emplace_back(heads_.back().pinned_prefix(), shape_.head_dim);
         keys_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
         values_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
       }
@@ -98,6 +100,7 @@ class KVCache {
   /// Forgets every token of every layer; the next append is at position 0 again. Allocates nothing.
   void clear() {
     for (auto& h : heads_) h.clear();
+    for (auto& s : shifters_) s.clear();
     std::fill(n_seen_.begin(), n_seen_.end(), 0);
     std::fill(chunk_.begin(), chunk_.end(), 0);
   }
@@ -133,7 +136,10 @@ class KVCache {
         const int slot = h.next_free_slot();
         k.row(slot) = keys.row(t).segment(std::ptrdiff_t(kv) * d, d);
         v.row(slot) = values.row(t).segment(std::ptrdiff_t(kv) * d, d);
-        if (options_.rope.enabled()) options_.rope.rotate(k.row(slot).data(), first + t);
+        if (options_.rope.enabled()) {
+          shifters_[index(layer, kv)].remember(first + t, k.row(slot).data());
+          options_.rope.rotate(k.row(slot).data(), first + t);
+        }
         h.admit(first + t, k.row(slot).data(), v.row(slot).data());
       }
     }
@@ -178,10 +184,14 @@ class KVCache {
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
       Evictor<Policy>& h = heads_[index(layer, kv)];
       Matrix& k = keys_[index(layer, kv)];
+      KeyShifter& shifter = shifters_[index(layer, kv)];
       while (h.over_budget()) {
         const auto eviction = h.evict_one();
-        if (options_.rope.enabled())
-          for (int i = 0; i < eviction.n_shifted; ++i) options_.rope.rotate(k.row(h.shifted_slot(i)).data(), 1);
+        if (!options_.rope.enabled()) continue;
+        for (int i = 0; i < eviction.n_shifted; ++i) {
+          const int slot = h.shifted_slot(i);
+          shifter.shift(options_.rope, k.row(slot).data(), h.slots().position(slot), h.slots().rotated_at(slot));
+        }
       }
     }
   }
@@ -254,6 +264,7 @@ class KVCache {
   Shape shape_;
   CacheOptions options_;
   std::vector<Evictor<Policy>> heads_;
+  std::vector<KeyShifter> shifters_;  // per head: moves kept keys in in-cache position mode
   std::vector<Matrix> keys_, values_;
   Matrix queries_, probs_, logits_;
   std::vector<std::int64_t> query_pos_;

@@ -17,6 +17,7 @@
 ///     template <class S> void observe(const kvevict::AttentionView<S>&);   // after each attention call
 ///     bool protects(std::int64_t position, std::int64_t newest) const;    // a promise never to evict it
 ///     int layer_budget(int layer, int budget) const;            // a layer's own budget (L2's skipped layers)
+///     int pinned_prefix() const;                                // in_cache: the first N tokens are kept for good
 ///     static constexpr bool evicts = false;                     // never evicts (Dense)
 ///     static constexpr bool needs_logits = true;                // observe() wants logits as well as weights
 ///     static constexpr kvevict::PositionMode position_mode = kvevict::PositionMode::in_cache;
@@ -127,6 +128,11 @@ template <class P>
 struct has_layer_budget<P, std::void_t<decltype(int(std::declval<const P&>().layer_budget(0, 0)))>> : std::true_type {};
 
 template <class P, class = void>
+struct has_pinned_prefix : std::false_type {};
+template <class P>
+struct has_pinned_prefix<P, std::void_t<decltype(int(std::declval<const P&>().pinned_prefix()))>> : std::true_type {};
+
+template <class P, class = void>
 struct has_recompute_range : std::false_type {};
 template <class P>
 struct has_recompute_range<P, std::void_t<decltype(P::recompute_range(std::int64_t{}, 0))>> : std::true_type {};
@@ -171,6 +177,14 @@ struct policy_traits {
   static int layer_budget(const P& policy, int layer, int budget) {
     if constexpr (detail::has_layer_budget<P>::value) return policy.layer_budget(layer, budget);
     return budget;
+  }
+
+  /// How many first tokens of the stream the policy keeps for good: pinned_prefix() if it has one, else 0.
+  /// In PositionMode::in_cache their keys move once per token for the whole stream, so KeyShifter keeps
+  /// them exact (rope.hpp).
+  static int pinned_prefix(const P& policy) {
+    if constexpr (detail::has_pinned_prefix<P>::value) return policy.pinned_prefix();
+    return 0;
   }
 };
 

@@ -2,6 +2,7 @@
 #ifndef KVEVICT_ROPE_HPP
 #define KVEVICT_ROPE_HPP
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -21,8 +22,8 @@ enum class RopeLayout {
 ///
 /// Pair i turns by angle p * theta^(-2i/d). Because R(a + b) = R(a) R(b), a row rotated at position a is
 /// moved to position a + delta by `rotate(row, delta)`; that is how the cache re-positions kept keys
-/// without their unrotated copy. Angles are computed in double: streaming runs reach millions of
-/// positions, where a float angle would be off by a large fraction of a radian.
+/// (KeyShifter below). Angles are computed in double: streaming runs reach millions of positions, where a
+/// float angle would be off by a large fraction of a radian.
 class Rope {
  public:
   Rope() = default;
@@ -56,7 +57,7 @@ class Rope {
     const int partner = layout_ == RopeLayout::adjacent ? 1 : half;
     for (int i = 0; i < half; ++i) {
       const auto f = static_cast<std::size_t>(i);
-      // A step of +1 (in-cache positions re-rotating sinks every token) uses the precomputed rotation.
+      // A step of +1 (KeyShifter moving kept keys as tokens leave) uses the precomputed rotation.
       const double angle = static_cast<double>(delta) * inv_freq_[f];
       const double c = delta == 1 ? cos_one_[f] : std::cos(angle), s = delta == 1 ? sin_one_[f] : std::sin(angle);
       Scalar& a = row[std::ptrdiff_t(i) * stride];
@@ -71,6 +72,70 @@ class Rope {
   int head_dim_ = 0;
   RopeLayout layout_ = RopeLayout::adjacent;
   std::vector<double> inv_freq_, cos_one_, sin_one_;
+};
+
+/// Moves kept keys one position on when a token leaves, in PositionMode::in_cache (rule 3 of Evictor).
+///
+/// Turning a stored row by +1 rounds it to its Scalar each time. The first tokens a policy keeps for good
+/// (its pinned_prefix(): StreamingLLM's sinks) move once per token for the whole stream, and those roundings
+/// add up linearly: 7e-4 after a million tokens in float. So the shifter keeps their keys in double,
+/// unrotated and rotated, turns the double copy by +1 and stores it rounded once; every kExactEvery shifts it
+/// rotates the unrotated key afresh, so double round-off cannot pile up either. A pinned key stays within one
+/// rounding of its rotation computed in double, however long the stream. Other keys (StreamingLLM never
+/// shifts its window) are turned in place. Memory: 2 x pinned x head_dim doubles, allocated at construction.
+class KeyShifter {
+ public:
+  /// Shifts between fresh rotations: the double round-off of this many +1 turns (~1e-12 relative) is far
+  /// below one float rounding, and the sines and cosines of a fresh rotation cost little once per 4096.
+  static constexpr std::int64_t kExactEvery = 4096;
+
+  KeyShifter() = default;
+  /// @param pinned how many first tokens of the stream are kept for good (policy_traits::pinned_prefix)
+  KeyShifter(int pinned, int head_dim) : pinned_(pinned), head_dim_(head_dim) {
+    KVEVICT_REQUIRE(pinned >= 0, "pinned_prefix", ">= 0", pinned);
+    unrotated_.assign(std::size_t(pinned) * std::size_t(head_dim), 0.0);
+    rotated_.assign(unrotated_.size(), 0.0);
+  }
+
+  /// Keeps the key of a new token, before RoPE is applied to it, if the token is pinned; call it for every
+  /// token admitted (a no-op past the pinned prefix).
+  template <class Scalar>
+  void remember(std::int64_t position, const Scalar* unrotated_key) {
+    if (position >= pinned_) return;
+    std::copy(unrotated_key, unrotated_key + head_dim_, unrotated(position));
+  }
+
+  /// Moves `row`, the stored key of the token at `position`, on by one to `rotated_at`: pass
+  /// slots().position(s) and slots().rotated_at(s) of each shifted slot s after Evictor::evict_one().
+  template <class Scalar>
+  void shift(const Rope& rope, Scalar* row, std::int64_t position, std::int64_t rotated_at) {
+    if (position >= pinned_) {
+      rope.rotate(row, 1);
+      return;
+    }
+    double* exact = rotated(position);
+    if ((rotated_at - position - 1) % kExactEvery == 0) {  // the first shift, then every kExactEvery
+      std::copy(unrotated(position), unrotated(position) + head_dim_, exact);
+      rope.rotate(exact, rotated_at);
+    } else {
+      rope.rotate(exact, 1);
+    }
+    for (int i = 0; i < head_dim_; ++i) row[i] = static_cast<Scalar>(exact[i]);
+  }
+
+  /// Forgets the pinned keys (remember() overwrites them anyway before any shift reads them).
+  void clear() {
+    std::fill(unrotated_.begin(), unrotated_.end(), 0.0);
+    std::fill(rotated_.begin(), rotated_.end(), 0.0);
+  }
+
+ private:
+  double* unrotated(std::int64_t position) { return unrotated_.data() + position * head_dim_; }
+  double* rotated(std::int64_t position) { return rotated_.data() + position * head_dim_; }
+
+  int pinned_ = 0;
+  int head_dim_ = 0;
+  std::vector<double> unrotated_, rotated_;  // pinned x head_dim each, row p for the token at position p
 };
 
 }  // namespace kvevict

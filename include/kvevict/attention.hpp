@@ -45,6 +45,7 @@ struct GroupAttention {
   Scalar* logits;  ///< same shape, or null: scaled logits (-inf where masked) on return
   Scalar* out;     ///< row (t, h) at out + t * out_stride + h * head_dim
   std::ptrdiff_t out_stride;
+  int used = -1;  ///< slots [used, capacity) are known free: skipped (weight 0); -1 for none known
 };
 
 /// Runs one group. `first_q_head` is the group's first query head, to pick its sink logits.
@@ -57,12 +58,13 @@ void attend_group(const GroupAttention<Scalar>& a, const AttentionOptions& optio
   constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
   const Scalar scale = static_cast<Scalar>(options.scale_for(a.head_dim));
   const std::ptrdiff_t cap = a.capacity, d = a.head_dim;
+  const std::ptrdiff_t used = a.used < 0 ? cap : std::min<std::ptrdiff_t>(a.used, cap);
   const int rows = a.n_queries * a.group;
   auto query = [&](int r) { return a.queries + (r / a.group) * a.query_stride + (r % a.group) * d; };
   auto output = [&](int r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * d; };
 
-  for (std::ptrdiff_t j0 = 0; j0 < cap; j0 += kBlock) {
-    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, cap - j0);
+  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += kBlock) {
+    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, used - j0);
     const Eigen::Map<const Rows> k(a.keys + j0 * d, nb, d);
     for (int r = 0; r < rows; ++r) {
       Eigen::Map<Column> logit(a.probs + r * cap + j0, nb);
@@ -76,15 +78,17 @@ void attend_group(const GroupAttention<Scalar>& a, const AttentionOptions& optio
   }
   for (int r = 0; r < rows; ++r) {
     Scalar* row = a.probs + r * cap;
+    std::fill(row + used, row + cap, masked);
     if (a.logits) std::copy(row, row + cap, a.logits + r * cap);
     const Scalar sink = options.normalization == Normalization::sink_logit
                             ? static_cast<Scalar>(options.sink_logits[std::size_t(first_q_head + r % a.group)])
                             : Scalar(0);
-    normalize(row, a.capacity, options.normalization, sink);
+    normalize(row, static_cast<int>(used), options.normalization, sink);
+    std::fill(row + used, row + cap, Scalar(0));
     Eigen::Map<Row>(output(r), d).setZero();
   }
-  for (std::ptrdiff_t j0 = 0; j0 < cap; j0 += kBlock) {
-    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, cap - j0);
+  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += kBlock) {
+    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, used - j0);
     const Eigen::Map<const Rows> v(a.values + j0 * d, nb, d);
     for (int r = 0; r < rows; ++r)
       Eigen::Map<Row>(output(r), d).noalias() += Eigen::Map<const Row>(a.probs + r * cap + j0, nb) * v;

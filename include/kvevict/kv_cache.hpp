@@ -171,7 +171,7 @@ class KVCache {
           GroupAttention<Scalar>{q.data() + head_offset, queries_.outerStride(), keys_[index(layer, kv)].data(),
                                  values_[index(layer, kv)].data(), h.slots().positions(), query_pos_.data(), t_count,
                                  group, h.context().capacity, d, probs_.data(), logits, out.data() + head_offset,
-                                 out.outerStride()},
+                                 out.outerStride(), h.slots().high_water()},
           options_.attention, kv * group);
       h.observe(AttentionView<Scalar>{probs_.data(), logits, options_.attention.scale_for(d), query_pos_.data(),
                                       t_count, group, h.view()});

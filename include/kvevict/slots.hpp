@@ -31,11 +31,16 @@ class SlotTable {
     std::fill(rotated_at_.begin(), rotated_at_.end(), kFreeSlot);
     free_.clear();
     for (int s = capacity() - 1; s >= 0; --s) free_.push_back(s);  // slot 0 is handed out first
+    high_water_ = 0;
   }
 
   int capacity() const { return static_cast<int>(position_.size()); }
   int size() const { return capacity() - static_cast<int>(free_.size()); }
   bool full() const { return free_.empty(); }
+  /// One past the highest slot used since clear(): slots from here on are free. Slots are handed out from 0
+  /// up and freed ones reused first, so until the cache first fills this is its size, and attention over a
+  /// cache with a large capacity costs what it holds, not what it could hold.
+  int high_water() const { return high_water_; }
 
   /// Original (token) positions per slot; kFreeSlot where empty. Length capacity().
   const std::int64_t* positions() const { return position_.data(); }
@@ -53,6 +58,7 @@ class SlotTable {
   int insert(std::int64_t position) {
     const int slot = next_free();
     free_.pop_back();
+    high_water_ = std::max(high_water_, slot + 1);
     position_[idx(slot)] = position;
     rotated_at_[idx(slot)] = position;
     return slot;
@@ -72,6 +78,7 @@ class SlotTable {
   std::vector<std::int64_t> position_;
   std::vector<std::int64_t> rotated_at_;
   std::vector<int> free_;
+  int high_water_ = 0;
 };
 
 }  // namespace kvevict

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Past the model's context window (8192 tokens for SmolLM2): streams long texts through the engine and
+# writes per-token NLL, per-bucket perplexity and figures to build/long/ and docs/. About 1.5 hours on two cores.
+#   A: the six Austen novels as one stream, from Emma: window, StreamingLLM (4 sinks), H2O and AhaKV at budgets
+#      256 and 1024 over 32,768 tokens, dense (no eviction) over 16,384, and StreamingLLM at 1024 on to
+#      200,000 tokens (the long run).
+#   B: the same runs on Pride and Prejudice (then Sense and Sensibility), 32,768 tokens, without the long run.
+# Usage: scripts/long_stream.sh [A|B|report]...   (default: A B report)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_deps.sh
+assets=$(bash scripts/fetch_assets.sh)
+python=$(bash scripts/python_env.sh "$assets" numpy matplotlib)
+cmake -S . -B build/long-build -DCMAKE_BUILD_TYPE=Release -DKVEVICT_NATIVE=ON -DKVEVICT_BUILD_TESTS=OFF \
+  -DKVEVICT_BUILD_BENCHMARKS=OFF >/dev/null
+cmake --build build/long-build -j "$(nproc)" --target kvevict_eval
+mkdir -p build/long
+a="$assets/austen"
+eval_runs() {  # NAME TEXTS TOKENS RUN-TOKENS
+  ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" --text "$2" \
+    --tokens "$3" --run-tokens "$4" --budgets 256,1024 --policies dense,window,streaming,h2o,ahakv \
+    --bucket 1024 --csv "build/long/$1_nll.csv" --bucket-csv "build/long/$1_buckets.csv" \
+    --compare "streaming/256,window/256;streaming/256,h2o/256;streaming/256,ahakv/256;streaming/1024,h2o/1024;streaming/1024,ahakv/1024" \
+    | tee "build/long/$1.txt"
+}
+for step in "${@:-A B report}"; do
+  for s in $step; do
+    case $s in
+      A) eval_runs six_novels "$a/emma.txt,$a/mansfieldpark.txt,$a/northangerabbey.txt,$a/persuasion.txt,$a/prideprejudice.txt,$a/sensesensibility.txt" \
+           200000 '*=32768,dense=16384,streaming/1024=200000' ;;
+      B) eval_runs pride "$a/prideprejudice.txt,$a/sensesensibility.txt" 32768 'dense=16384' ;;
+      report) "$python" scripts/long_report.py build/long docs ;;
+      *) echo "unknown step $s (A, B or report)" >&2; exit 2 ;;
+    esac
+  done
+done

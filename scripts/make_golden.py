@@ -31,7 +31,7 @@ PROMPTS = [
     "Water boils at a temperature of",
 ]
 TOP = 20
-PASSAGE_TOP1 = ("emma", 5000, 256)  # tokens of Emma whose every next-token argmax is recorded
+PASSAGES_TOP1 = [("emma", 5000, 256), ("persuasion", 60000, 512)]  # passages whose every next token is recorded
 
 
 def main(model_path, austen, out):
@@ -58,18 +58,28 @@ def main(model_path, austen, out):
             f.write("ids " + " ".join(map(str, ids)) + "\n")
             f.write("top " + " ".join(f"{i}:{logits[i]:.5f}" for i in top) + "\n")
 
-    novel, start, n = PASSAGE_TOP1
-    ids = llm.tokenize(text(novel, start, 8 * n).encode("utf-8"), add_bos=False, special=False)[:n]
-    assert len(ids) == n
-    llm.reset()
-    llm.eval(ids)
-    top1 = [int(np.argmax(llm.scores[i])) for i in range(n)]
+    # Per position of each passage: llama.cpp's argmax, its lead over the runner-up (logits), and the NLL of
+    # the token that follows (for perplexity).
     with open(f"{out}/passage_top1.txt", "w") as f:
-        f.write(f"# {novel}, from character {start}: token ids, then llama.cpp's argmax after each token\n")
-        f.write("ids " + " ".join(map(str, ids)) + "\n")
-        f.write("top1 " + " ".join(map(str, top1)) + "\n")
+        f.write("# per passage (novel, first character, tokens): token ids, then after each token llama.cpp's argmax,\n"
+                "# its lead over the second logit, and -log p of the next token\n")
+        for novel, start, n in PASSAGES_TOP1:
+            ids = llm.tokenize(text(novel, start, 8 * n).encode("utf-8"), add_bos=False, special=False)[:n]
+            assert len(ids) == n
+            llm.reset()
+            llm.eval(ids)
+            scores = np.array(llm.scores[:n], dtype=np.float64)
+            top2 = np.sort(scores, axis=1)[:, -2:]
+            lse = scores.max(axis=1) + np.log(np.exp(scores - scores.max(axis=1, keepdims=True)).sum(axis=1))
+            nll = [lse[i] - scores[i, ids[i + 1]] for i in range(n - 1)]
+            f.write(f"passage {novel} {start} {n}\n")
+            f.write("ids " + " ".join(map(str, ids)) + "\n")
+            f.write("top1 " + " ".join(str(int(np.argmax(scores[i]))) for i in range(n)) + "\n")
+            f.write("lead " + " ".join(f"{top2[i, 1] - top2[i, 0]:.4f}" for i in range(n)) + "\n")
+            f.write("nll " + " ".join(f"{x:.5f}" for x in nll) + "\n")
 
     # Decode speed, one token at a time after a short prompt, 2 threads (as the engine's figures).
+    ids = llm.tokenize(text("emma", 5000, 4000).encode("utf-8"), add_bos=False, special=False)
     llm.reset()
     llm.eval(ids[:16])
     steps = 128

@@ -64,7 +64,16 @@ inline float fp16(std::uint16_t h) {
 #endif
 }
 
-/// Rounds `n` floats (a multiple of 32) to blocks: d = max|x| / 127, q = round(x / d).
+/// `f` rounded to the nearest value an IEEE half can hold (ties to even), as a float.
+inline float round_to_fp16(float f) {
+  if (std::fabs(f) < 6.103515625e-05f)  // half's subnormals: multiples of 2^-24
+    return std::nearbyint(f * 16777216.0f) / 16777216.0f;
+  const float split = f * 8193.0f;  // Veltkamp: keeps the 11 leading bits of the significand
+  return split - (split - f);
+}
+
+/// Rounds `n` floats (a multiple of 32) to blocks as llama.cpp's Q8_1 does: d = max|x| / 127, q = round(x / d),
+/// and d and s kept at half precision, so that both engines multiply the weights by the same activations.
 inline void quantize_row(const float* x, int n, BlockQ8* out) {
   for (int b = 0; b < n / kBlock; ++b, x += kBlock) {
     float amax = 0.0f;
@@ -76,8 +85,8 @@ inline void quantize_row(const float* x, int n, BlockQ8* out) {
       out[b].qs[i] = static_cast<std::int8_t>(q);
       sum += q;
     }
-    out[b].d = d;
-    out[b].s = d * static_cast<float>(sum);
+    out[b].d = round_to_fp16(d);
+    out[b].s = round_to_fp16(d * static_cast<float>(sum));
   }
 }
 

@@ -57,11 +57,13 @@ TEST(Engine, TokenizerMatchesLlamaCppOnAustenPassages) {
   EXPECT_EQ(passages, 6);
 }
 
-// Measured against llama.cpp 0.3.36 (CPU, which multiplies Q4_1 weights by activations rounded to 8 bits
-// while this engine multiplies dequantised floats): the largest difference over llama.cpp's top 20 logits
-// of the eight prompts was 0.68; the top-1 token agreed on 7 of 8, the eighth being a near tie in llama.cpp
-// (13.065 against 13.023) that the engine resolved the other way. Bounds: differences below 1.0; the same
-// top-1 wherever llama.cpp's lead exceeds 0.5, else one of its top two.
+// The engine computes as llama.cpp does on the CPU (weights in their quantised blocks, activations rounded to
+// 8-bit blocks with half-precision scales) but sums in another order, keeps K/V in float where llama.cpp keeps
+// half precision, and runs its own RoPE, norms and softmax: each logit carries a small error of arithmetic.
+// kLogitTolerance bounds it (measured on the eight prompts: largest 0.50, see the printout). A top-1 token can
+// then differ from llama.cpp's only where llama.cpp's lead over its runner-up is below twice that bound.
+constexpr double kLogitTolerance = 1.0;
+
 TEST(Engine, NextTokenLogitsMatchLlamaCpp) {
   std::istringstream lines(golden("logits.txt"));
   double largest = 0.0;
@@ -86,42 +88,77 @@ TEST(Engine, NextTokenLogitsMatchLlamaCpp) {
     Eigen::Index mine;
     logits.maxCoeff(&mine);
     same_top1 += int(mine) == top[0].first;
-    if (top[0].second - top[1].second > 0.5)
-      EXPECT_EQ(int(mine), top[0].first) << "top-1 differs for: " << prompt;
-    else
-      EXPECT_TRUE(int(mine) == top[0].first || int(mine) == top[1].first) << "not in llama.cpp's top 2: " << prompt;
+    if (top[0].second - top[1].second > 2 * kLogitTolerance) {
+      EXPECT_EQ(int(mine), top[0].first) << prompt;
+    }
     ++prompts;
   }
   EXPECT_EQ(prompts, 8);
   std::printf("largest logit difference over llama.cpp's top 20: %.4f; same top-1 on %d of %d prompts\n", largest,
               same_top1, prompts);
-  EXPECT_LT(largest, 1.0);
+  EXPECT_LT(largest, kLogitTolerance);
 }
 
-// Measured: the engine's argmax after each of 256 tokens of Emma agreed with llama.cpp's at 251 (98.0%).
-TEST(Engine, TopOneAgreesWithLlamaCppAlongAPassage) {
+// Along two passages (256 tokens of Emma, 512 of Persuasion): the same top-1 wherever llama.cpp leads by more
+// than 2 * kLogitTolerance, and perplexity within 1% of llama.cpp's on the same tokens. Measured: see the
+// printout (top-1 agreement over all positions, the disagreements' largest lead, perplexity of both).
+TEST(Engine, TopOneAndPerplexityAgreeWithLlamaCppAlongPassages) {
   std::istringstream lines(golden("passage_top1.txt"));
+  int passages = 0;
+  std::string name;
   std::vector<int> ids, top1;
+  std::vector<double> lead, nll;
+  auto check = [&] {
+    ASSERT_EQ(ids.size(), top1.size());
+    ASSERT_EQ(ids.size(), lead.size());
+    ASSERT_EQ(ids.size(), nll.size() + 1);
+    auto cache = engine().model.make_cache<kvevict::Dense>(int(ids.size()));
+    int agree = 0;
+    double largest_lead_missed = 0, mine = 0, theirs = 0;
+    for (std::size_t t = 0; t < ids.size(); t += 64) {
+      const int n = int(std::min<std::size_t>(64, ids.size() - t));
+      const llama::Matrix logits = engine().model.forward({llama::Segment{cache.get(), &ids[t], n}}, true);
+      for (int r = 0; r < n; ++r) {
+        const std::size_t i = t + std::size_t(r);
+        Eigen::Index best;
+        logits.row(r).maxCoeff(&best);
+        agree += int(best) == top1[i];
+        if (int(best) != top1[i]) {
+          largest_lead_missed = std::max(largest_lead_missed, lead[i]);
+          EXPECT_LT(lead[i], 2 * kLogitTolerance) << name << ": top-1 differs at token " << i;
+        }
+        if (i + 1 < ids.size()) {
+          mine += llama::nll(logits.row(r), ids[i + 1]);
+          theirs += nll[i];
+        }
+      }
+    }
+    const double n = double(nll.size()), ppl = std::exp(mine / n), reference = std::exp(theirs / n);
+    std::printf(
+        "%s: top-1 agreement with llama.cpp %d of %zu (%.1f%%), largest lead where they differ %.3f; "
+        "perplexity %.3f, llama.cpp %.3f (%+.2f%%)\n",
+        name.c_str(), agree, ids.size(), 100.0 * agree / double(ids.size()), largest_lead_missed, ppl, reference,
+        100 * (ppl / reference - 1));
+    EXPECT_NEAR(ppl / reference, 1.0, 0.01) << name;
+    ++passages;
+  };
   for (std::string line; std::getline(lines, line);) {
     std::istringstream in(line.substr(line.find(' ') + 1));
+    if (line.rfind("passage ", 0) == 0) {
+      if (!ids.empty()) check();
+      name = line.substr(8);
+      ids.clear();
+      top1.clear();
+      lead.clear();
+      nll.clear();
+    }
     if (line.rfind("ids ", 0) == 0) ids = assets::ints(in);
     if (line.rfind("top1 ", 0) == 0) top1 = assets::ints(in);
+    for (double x; line.rfind("lead ", 0) == 0 && in >> x;) lead.push_back(x);
+    for (double x; line.rfind("nll ", 0) == 0 && in >> x;) nll.push_back(x);
   }
-  ASSERT_EQ(ids.size(), top1.size());
-  auto cache = engine().model.make_cache<kvevict::Dense>(int(ids.size()));
-  int agree = 0;
-  for (std::size_t t = 0; t < ids.size(); t += 64) {
-    const int n = int(std::min<std::size_t>(64, ids.size() - t));
-    const llama::Matrix logits = engine().model.forward({llama::Segment{cache.get(), &ids[t], n}}, true);
-    for (int r = 0; r < n; ++r) {
-      Eigen::Index best;
-      logits.row(r).maxCoeff(&best);
-      agree += int(best) == top1[t + std::size_t(r)];
-    }
-  }
-  const double rate = double(agree) / double(ids.size());
-  std::printf("top-1 agreement with llama.cpp: %d of %zu (%.1f%%)\n", agree, ids.size(), 100 * rate);
-  EXPECT_GE(rate, 0.95);
+  if (!ids.empty()) check();
+  EXPECT_EQ(passages, 2);
 }
 
 // The StreamingLLM claim on real text (Pride and Prejudice, 512 tokens from chapter 1, cache of 64):

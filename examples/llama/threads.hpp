@@ -59,11 +59,15 @@ class ThreadPool {
   static std::uint32_t generation(std::uint64_t ticket) { return std::uint32_t(ticket >> 32); }
 
   void publish(const std::function<void(int)>* task, int n) {
+    // First a generation with no task to claim: a thread still looking at the last job's ticket can no longer
+    // advance it, so it cannot pair that ticket with this job's task count and run a task twice.
+    const std::uint32_t g = generation(ticket_.load());
+    ticket_.store(std::uint64_t(g + 1u) << 32 | 0xFFFFFFFFu);
     task_.store(task);
     n_tasks_.store(n);
     {
       std::lock_guard<std::mutex> lock(mutex_);  // a worker checks for a new job under this lock before it sleeps
-      ticket_.store(std::uint64_t(generation(ticket_.load()) + 1u) << 32);
+      ticket_.store(std::uint64_t(g + 2u) << 32);
     }
     if (sleeping_.load() > 0) wake_.notify_all();
   }

@@ -3,6 +3,7 @@
 
 #include <kvevict/attention.hpp>
 #include <kvevict/error.hpp>
+#include <kvevict/slots.hpp>
 #include <random>
 #include <vector>
 
@@ -104,3 +105,39 @@ TEST(Attention, RejectsMismatchedShapesNamingTheParameter) {
   EXPECT_THROW(kvevict::attention<float>(q, k, k, {2}, {0, 1, 2}, 2, 3), kvevict::InvalidArgument);
 }
 }  // namespace
+
+// Slots from `used` on are known free: the kernel skips them and gives them weight 0 (and logit -inf). Logits
+// are bit-identical to a pass over all slots, whatever stale values the buffers held; weights and outputs
+// differ only by the order of the normalising sum (float rounding, 1e-6 at most here).
+TEST(Attention, SkippingKnownFreeSlotsChangesNothing) {
+  const int d = 16, group = 3, capacity = 100, used = 37;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  Matrix q(2, group * d), k(capacity, d), v(capacity, d);
+  for (auto* m : {&q, &k, &v})
+    for (Eigen::Index i = 0; i < m->size(); ++i) m->data()[i] = dist(rng);
+  std::vector<std::int64_t> pos(capacity, kvevict::kFreeSlot), query_pos{40, 41};
+  for (int j = 0; j < used; j += 1) pos[std::size_t(j)] = j == 7 ? kvevict::kFreeSlot : j;  // one freed slot too
+  for (auto kind : {Normalization::softmax, Normalization::off_by_one}) {
+    kvevict::AttentionOptions options;
+    options.normalization = kind;
+    Matrix out_all(2, group * d), out_used(2, group * d), probs_all(2 * group, capacity),
+        probs_used(2 * group, capacity), logits_all(2 * group, capacity), logits_used(2 * group, capacity);
+    probs_used.setConstant(42.0f);  // stale values where the skipped slots are
+    logits_used.setConstant(42.0f);
+    kvevict::GroupAttention<float> all{
+        q.data(), q.cols(), k.data(), v.data(),         pos.data(),        query_pos.data(), 2,
+        group,    capacity, d,        probs_all.data(), logits_all.data(), out_all.data(),   out_all.cols()};
+    kvevict::GroupAttention<float> skipping = all;
+    skipping.probs = probs_used.data();
+    skipping.logits = logits_used.data();
+    skipping.out = out_used.data();
+    skipping.used = used;
+    kvevict::attend_group(all, options);
+    kvevict::attend_group(skipping, options);
+    EXPECT_LT((out_used - out_all).cwiseAbs().maxCoeff(), 1e-6f);
+    EXPECT_LT((probs_used - probs_all).cwiseAbs().maxCoeff(), 1e-6f);
+    EXPECT_TRUE((probs_used.rightCols(capacity - used).array() == 0.0f).all());
+    EXPECT_EQ(logits_used, logits_all);
+  }
+}

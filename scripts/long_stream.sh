@@ -6,7 +6,10 @@
 #      200,000 tokens (the long run).
 #   B: the same runs on Pride and Prejudice (then Sense and Sensibility), 32,768 tokens, dense over 10,240,
 #      without the long run.
-# Usage: scripts/long_stream.sh [A|B|report]...   (default: A B report)
+#   R: sliding window with recompute at budget 256 scored on every token of a stretch of 1024 of Persuasion
+#      (tokens 300-1323), with dense, window and StreamingLLM on exactly those tokens, and its time per token
+#      against StreamingLLM timed alone (about 20 minutes).
+# Usage: scripts/long_stream.sh [A|B|R|report]...   (default: A B R report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
@@ -24,14 +27,18 @@ eval_runs() {  # NAME TEXTS TOKENS RUN-TOKENS
     --compare "streaming/256,window/256;streaming/256,h2o/256;streaming/256,ahakv/256;streaming/1024,h2o/1024;streaming/1024,ahakv/1024" \
     | tee "build/long/$1.txt"
 }
-for step in "${@:-A B report}"; do
+for step in "${@:-A B R report}"; do
   for s in $step; do
     case $s in
       A) eval_runs six_novels "$a/emma.txt,$a/mansfieldpark.txt,$a/northangerabbey.txt,$a/persuasion.txt,$a/prideprejudice.txt,$a/sensesensibility.txt" \
            200000 '*=32768,dense=16384,streaming/1024=200000' ;;
       B) eval_runs pride "$a/prideprejudice.txt,$a/sensesensibility.txt" 32768 'dense=10240' ;;
+      R) ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" \
+           --text "$a/persuasion.txt" --tokens 1324 --budgets 256 --policies dense,window,streaming,recompute \
+           --recompute-range 300:1024 --time-alone --bucket 512 --csv build/long/recompute_nll.csv \
+           | tee build/long/recompute.txt ;;
       report) "$python" scripts/long_report.py build/long docs ;;
-      *) echo "unknown step $s (A, B or report)" >&2; exit 2 ;;
+      *) echo "unknown step $s (A, B, R or report)" >&2; exit 2 ;;
     esac
   done
 done

@@ -83,6 +83,20 @@ double reference_dot(const float* w, const BlockQ8* a, int n_blocks, double* mag
   return sum;
 }
 
+// Q4_1's minimum multiplies s, which is rounded to half precision apart from d: that difference is part of
+// the format (llama.cpp's too), not an error of the product. Its size for one row against one column.
+double minimum_rounding(gguf::Type type, const std::uint8_t* row, const BlockQ8* x, int n_blocks) {
+  double total = 0;
+  for (int b = 0; type == gguf::Type::Q4_1 && b < n_blocks; ++b) {
+    std::uint16_t m;
+    std::memcpy(&m, row + std::size_t(b) * 20 + 2, 2);
+    int sum = 0;
+    for (int i = 0; i < 32; ++i) sum += x[b].qs[i];
+    total += std::fabs(double(gguf::half_to_float(m))) * std::fabs(double(x[b].s) - double(x[b].d) * sum);
+  }
+  return total;
+}
+
 TEST(Quant, RoundsActivationsToHalfAStep) {
   std::mt19937 rng(1);
   const std::vector<float> x = random_columns(96, 4, rng);
@@ -162,17 +176,7 @@ TEST_P(QuantProduct, MatchesScalarPathAndDequantisedProduct) {
           else
             scalar = llama::quant::scalar::dot(reinterpret_cast<const llama::quant::BlockQ8_0*>(row), xq.columns()[c],
                                                n_blocks);
-          // Q4_1's minimum multiplies s, which is rounded to half precision apart from d: that difference is
-          // part of the format (llama.cpp's too), not an error of the product.
-          double s_rounding = 0;
-          for (int b = 0; GetParam() == gguf::Type::Q4_1 && b < n_blocks; ++b) {
-            std::uint16_t m;
-            std::memcpy(&m, row + std::size_t(b) * 20 + 2, 2);
-            const BlockQ8& act = xq.columns()[c][b];
-            int sum = 0;
-            for (int i = 0; i < 32; ++i) sum += act.qs[i];
-            s_rounding += std::fabs(double(gguf::half_to_float(m))) * std::fabs(double(act.s) - double(act.d) * sum);
-          }
+          const double s_rounding = minimum_rounding(GetParam(), row, xq.columns()[c], n_blocks);
           const double tolerance = 1e-5 * magnitude + s_rounding + 1e-30;
           const float fast = out[std::size_t(r + c * rows)];
           EXPECT_NEAR(fast, exact, tolerance) << llama::quant::implementation() << " blocks " << n_blocks << " scale "
@@ -209,7 +213,10 @@ TEST(Quant, RealWeightsMatchTheirDequantisedRows) {
       for (int c = 0; c < 3; ++c) {
         double magnitude = 0;
         const double exact = reference_dot(row.data(), xq.columns()[c], width / 32, &magnitude);
-        EXPECT_NEAR(out[std::size_t(r + c * matrix.rows())], exact, 1e-5 * magnitude + 1e-30) << name << " row " << r;
+        const double s_rounding = minimum_rounding(
+            t.type, t.data + std::size_t(r) * matrix.bytes() / std::size_t(matrix.rows()), xq.columns()[c], width / 32);
+        EXPECT_NEAR(out[std::size_t(r + c * matrix.rows())], exact, 1e-5 * magnitude + s_rounding + 1e-30)
+            << name << " row " << r;
       }
     }
   }

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 CONTEXT = 8192
 BLOCK, RESAMPLES, SEED = 128, 1000, 2026
-STARTS = [1024, 4096, 8192, 12288, 16384, 24576, 31744]  # buckets of 1024 tokens from these
+STARTS = [1024, 4096, 8192, 10240, 11264, 12288, 16384, 24576, 31744]  # buckets of 1024 tokens from these
 
 
 def bucket_ppl(tokens, nll, first, last):
@@ -64,14 +64,17 @@ def past_window_table(name, tokens, labels, nll):
 
 
 def comparisons(name, tokens, labels, nll, first, last):
+    last = min(last, int(tokens.max()) + 1)
     print(f"\n#### {name}: paired ratios of perplexity on tokens {first:,}-{last - 1:,} (A/B, 95% interval)\n")
     print("| A | B | A/B | 95% interval | verdict |")
     print("|---|---|---|---|---|")
     keep = (tokens >= first) & (tokens < last)
     for budget in (256, 1024):
-        group = [l for l in order(labels) if l.endswith(f"/{budget}")]
+        group = ["dense"] * ("dense" in labels) + [l for l in order(labels) if l.endswith(f"/{budget}")]
         for i, a in enumerate(group):
             for b in group[i + 1:]:
+                if a == "dense" and b.startswith("window"):
+                    continue
                 x, y = nll[keep, labels.index(a)], nll[keep, labels.index(b)]
                 n, mean, lo, hi = paired_bootstrap(tokens[keep], x, y, BLOCK, RESAMPLES, SEED)
                 if n == 0 or math.isnan(lo):

@@ -54,7 +54,7 @@ struct Options {
   std::string model, csv, bucket_csv, attention_map;
   std::vector<std::string> texts;
   long skip_chars = 0;
-  int tokens = 1024, dense_tokens = 0, recompute_every = 64, recompute_first = 0, recompute_count = 0;
+  int tokens = 1024, recompute_every = 64, recompute_first = 0, recompute_count = 0;
   int bucket = 1024, threads = 0;
   bool time_alone = false;
   std::vector<int> budgets{128, 256, 512};
@@ -64,7 +64,7 @@ struct Options {
 
   /// Tokens the run labelled `label` reads: --tokens unless --run-tokens (or --dense-tokens) says less.
   int tokens_for(const std::string& label) const {
-    int n = label == "dense" ? dense_tokens : tokens;
+    int n = tokens;
     for (const auto& [which, count] : run_tokens)
       if (which == "*" || which == label) n = count;
     return n;
@@ -145,7 +145,7 @@ Options parse(int argc, char** argv) {
       else if (a == "--tokens")
         o.tokens = std::stoi(v);
       else if (a == "--dense-tokens")
-        o.dense_tokens = std::stoi(v);
+        o.run_tokens.emplace_back("dense", std::stoi(v));  // the same as --run-tokens dense=N
       else if (a == "--run-tokens") {
         for (const auto& entry : split(v)) {
           const auto eq = entry.find('=');
@@ -182,8 +182,6 @@ Options parse(int argc, char** argv) {
   }
   if (o.model.empty() || o.texts.empty()) usage("--model and --text are required");
   if (o.tokens < 2) usage("--tokens must be at least 2");
-  if (o.dense_tokens == 0) o.dense_tokens = o.tokens;
-  if (o.dense_tokens < 2 || o.dense_tokens > o.tokens) usage("--dense-tokens must be in [2, --tokens]");
   for (const auto& [label, n] : o.run_tokens)
     if (n < 2 || n > o.tokens) usage("--run-tokens " + label + " must be in [2, --tokens]");
   if (o.recompute_every < 1) usage("--recompute-every must be at least 1");

@@ -6,6 +6,7 @@
 #define KVEVICT_EXAMPLES_LLAMA_MODEL_HPP
 
 #include <Eigen/Core>
+#include <array>
 #include <cmath>
 #include <initializer_list>
 #include <kvevict/kvevict.hpp>
@@ -297,24 +298,27 @@ class Model {
     Weight wq, wk, wv, wo, gate, up, down;
   };
 
-  // out = W x for each (W, out) of `products`, all with the same input: x is rounded to 8-bit blocks once,
-  // and the rows of every product are shared out to the threads in one parallel loop (one fork and join
-  // instead of one per product). Each weight row is read once and dotted with all columns while in cache.
+  // out = W x for each (W, out) of `products` (at most three), all with the same input: x is rounded to 8-bit blocks
+  // once, and the rows of every product are shared out to the threads in one parallel loop (one fork and join instead
+  // of one per product). Each weight row is read once and dotted with all columns while in cache.
   void multiply(std::initializer_list<std::pair<const Weight*, Eigen::MatrixXf*>> products, const Eigen::MatrixXf& x,
                 quant::Activations& xq) const {
     xq.quantize(x.data(), int(x.rows()), int(x.cols()));
     constexpr Eigen::Index kRows = 32;
-    std::vector<std::pair<std::size_t, Eigen::Index>> blocks;  // (product, first row)
-    std::size_t i = 0;
-    for (const auto& [w, out] : products) {
-      out->resize(w->rows(), x.cols());
-      for (Eigen::Index r = 0; r < w->rows(); r += kRows) blocks.emplace_back(i, r);
-      ++i;
-    }
+    // Blocks of kRows rows, numbered through the products one after another: first[i] is product i's first.
+    std::array<int, 4> first{};
     const auto* list = products.begin();
-    pool_->parallel_for(int(blocks.size()), [&](int b) {
-      const auto& [w, out] = list[blocks[std::size_t(b)].first];
-      const Eigen::Index r = blocks[std::size_t(b)].second;
+    const int n_products = int(products.size());
+    for (int i = 0; i < n_products; ++i) {
+      auto& [w, out] = list[i];
+      out->resize(w->rows(), x.cols());
+      first[std::size_t(i) + 1] = first[std::size_t(i)] + int((w->rows() + kRows - 1) / kRows);
+    }
+    pool_->parallel_for(first[std::size_t(n_products)], [&](int b) {
+      int i = 0;
+      while (b >= first[std::size_t(i) + 1]) ++i;
+      const auto& [w, out] = list[i];
+      const Eigen::Index r = Eigen::Index(b - first[std::size_t(i)]) * kRows;
       w->multiply_rows(x, xq, r, std::min(r + kRows, w->rows()), *out);
     });
   }

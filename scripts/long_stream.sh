@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Past the model's context window (8192 tokens for SmolLM2): streams long texts through the engine and
-# writes per-token NLL, per-bucket perplexity and figures to build/long/ and docs/. About 1.5 hours on two cores.
+# writes per-token NLL, per-bucket perplexity and figures to build/long/ and docs/. About 2.5 hours on two cores.
 #   A: the six Austen novels as one stream, from Emma: window, StreamingLLM (4 sinks), H2O and AhaKV at budgets
-#      256 and 1024 over 32,768 tokens, dense (no eviction) over 16,384, and StreamingLLM at 1024 on to
-#      200,000 tokens (the long run).
+#      256 and 1024 over 32,768 tokens, dense (no eviction) over 16,384 (about an hour).
+#   L: the long run: StreamingLLM at 1024 over the first 200,000 tokens of the same stream (about 40 minutes).
 #   B: the same runs on Pride and Prejudice (then Sense and Sensibility), 32,768 tokens, dense over 10,240,
 #      without the long run.
 #   R: sliding window with recompute at budget 256 scored on every token of a stretch of 1024 of Persuasion
 #      (tokens 300-1323), with dense, window and StreamingLLM on exactly those tokens, and its time per token
 #      against StreamingLLM timed alone (about 20 minutes).
-# Usage: scripts/long_stream.sh [A|B|R|report]...   (default: A B R report)
+# Usage: scripts/long_stream.sh [A|L|B|R|report]...   (default: A L B R report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
@@ -20,6 +20,7 @@ cmake -S . -B build/long-build -DCMAKE_BUILD_TYPE=Release -DKVEVICT_NATIVE=ON -D
 cmake --build build/long-build -j "$(nproc)" --target kvevict_eval
 mkdir -p build/long
 a="$assets/austen"
+six="$a/emma.txt,$a/mansfieldpark.txt,$a/northangerabbey.txt,$a/persuasion.txt,$a/prideprejudice.txt,$a/sensesensibility.txt"
 eval_runs() {  # NAME TEXTS TOKENS RUN-TOKENS
   ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" --text "$2" \
     --tokens "$3" --run-tokens "$4" --budgets 256,1024 --policies dense,window,streaming,h2o,ahakv \
@@ -27,11 +28,14 @@ eval_runs() {  # NAME TEXTS TOKENS RUN-TOKENS
     --compare "streaming/256,window/256;streaming/256,h2o/256;streaming/256,ahakv/256;streaming/1024,h2o/1024;streaming/1024,ahakv/1024" \
     | tee "build/long/$1.txt"
 }
-for step in "${@:-A B R report}"; do
+for step in "${@:-A L B R report}"; do
   for s in $step; do
     case $s in
-      A) eval_runs six_novels "$a/emma.txt,$a/mansfieldpark.txt,$a/northangerabbey.txt,$a/persuasion.txt,$a/prideprejudice.txt,$a/sensesensibility.txt" \
-           200000 '*=32768,dense=16384,streaming/1024=200000' ;;
+      A) eval_runs six_novels "$six" \
+           32768 'dense=16384' ;;
+      L) ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" \
+           --text "$six" --tokens 200000 --budgets 1024 --policies streaming --bucket 10000 \
+           --csv build/long/long_nll.csv | tee build/long/long.txt ;;
       B) eval_runs pride "$a/prideprejudice.txt,$a/sensesensibility.txt" 32768 'dense=10240' ;;
       R) ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" \
            --text "$a/persuasion.txt" --tokens 1324 --budgets 256 --policies dense,window,streaming,recompute \

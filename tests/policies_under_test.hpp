@@ -9,13 +9,31 @@
 
 namespace testing_support {
 
-using AllPolicies = ::testing::Types<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM,
-                                     kvevict::SlidingWindowRecompute, kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm>;
+using kvevict::Protected;
 
-/// The shared suites build each policy with its defaults, which must be valid for any budget >= 8.
+using AllPolicies =
+    ::testing::Types<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM, kvevict::SlidingWindowRecompute,
+                     kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm, Protected<kvevict::Window>, Protected<kvevict::H2O>,
+                     Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>>;
+
+/// The shared suites build each policy with its defaults, which must be valid for any budget >= 8; a
+/// composed policy gets 2 sinks, and L2 a recent window of 4 under them (a composition of compositions).
+template <class Policy>
+struct Make {
+  static Policy policy() { return Policy{}; }
+};
+template <class Policy>
+struct Make<Protected<Policy>> {
+  static Protected<Policy> policy() { return kvevict::with_sinks(Policy{}, 2); }
+};
+template <>
+struct Make<Protected<Protected<kvevict::L2Norm>>> {
+  static auto policy() { return kvevict::with_sinks(kvevict::with_recent(kvevict::L2Norm{}, 4), 2); }
+};
+
 template <class Policy>
 Policy make_policy() {
-  return Policy{};
+  return Make<Policy>::policy();
 }
 
 }  // namespace testing_support

@@ -40,6 +40,15 @@ std::set<std::int64_t> kept(const Cache& cache, int layer, int kv_head) {
   return out;
 }
 
+kvevict::H2O h2o(int recent, kvevict::H2O::GroupReduce reduce = kvevict::H2O::GroupReduce::mean,
+                 bool normalized = false) {
+  kvevict::H2O policy;
+  policy.recent = recent;
+  policy.reduce = reduce;
+  policy.normalized = normalized;
+  return policy;
+}
+
 template <class Fn>
 std::string error_of(Fn&& fn) {
   try {
@@ -53,7 +62,7 @@ std::string error_of(Fn&& fn) {
 // ---- H2O ---------------------------------------------------------------------------------------------
 
 TEST(H2O, EvictsTheLowestAccumulatedScoreOutsideTheRecentWindow) {
-  auto e = evictor_with(kvevict::H2O{2, 1}, 3, 4);  // capacity 7: slots 4..6 free
+  auto e = evictor_with(h2o(1), 3, 4);  // capacity 7: slots 4..6 free
   show(e, {0.5f, 0.1f, 0.3f, 0.1f, 0, 0, 0}, 1, 3);
   show(e, {0.2f, 0.3f, 0.2f, 0.3f, 0, 0, 0}, 1, 3);
   // Scores 0.7, 0.4, 0.5, 0.4; position 3 is recent, so slot 1 goes, then slot 2.
@@ -68,14 +77,14 @@ TEST(H2O, GroupReductionMeanSumMax) {
   for (auto [reduce, victim] :
        {std::pair{kvevict::H2O::GroupReduce::mean, 1}, std::pair{kvevict::H2O::GroupReduce::sum, 1},
         std::pair{kvevict::H2O::GroupReduce::max, 1}}) {
-    auto e = evictor_with(kvevict::H2O{1, 1, reduce}, 2, 3, 2);
+    auto e = evictor_with(h2o(1, reduce), 2, 3, 2);
     show(e, probs, 2, 2);
     EXPECT_EQ(e.evict_one().slot, victim);
   }
   // Where max and mean disagree: slot 0 gets 0.5 from one head, slot 1 gets 0.3 from both.
   const std::vector<float> split = {0.5f, 0.3f, 0.2f, 0, 0, 0, 0.0f, 0.3f, 0.7f, 0, 0, 0};
-  auto mean = evictor_with(kvevict::H2O{1, 1, kvevict::H2O::GroupReduce::mean}, 2, 3, 2);
-  auto max = evictor_with(kvevict::H2O{1, 1, kvevict::H2O::GroupReduce::max}, 2, 3, 2);
+  auto mean = evictor_with(h2o(1, kvevict::H2O::GroupReduce::mean), 2, 3, 2);
+  auto max = evictor_with(h2o(1, kvevict::H2O::GroupReduce::max), 2, 3, 2);
   show(mean, split, 2, 2);
   show(max, split, 2, 2);
   EXPECT_EQ(mean.evict_one().slot, 0);  // mean: 0.25 < 0.3
@@ -83,7 +92,7 @@ TEST(H2O, GroupReductionMeanSumMax) {
 }
 
 TEST(H2O, NormalizedDividesByTheQueriesThatSawTheToken) {
-  auto e = evictor_with(kvevict::H2O{2, 1, kvevict::H2O::GroupReduce::mean, true}, 3, 2);
+  auto e = evictor_with(h2o(1, kvevict::H2O::GroupReduce::mean, true), 3, 2);
   show(e, {0.5f, 0.5f, 0, 0, 0, 0, 0}, 1, 1);  // query 1 sees tokens 0 and 1
   show(e, {0.2f, 0.6f, 0, 0, 0, 0, 0}, 1, 2);  // query 2 (token 2 not admitted: a test shortcut)
   EXPECT_NEAR(e.policy().score(0), (0.5 + 0.2f) / 2, 1e-7);
@@ -96,7 +105,7 @@ TEST(H2O, NormalizedDividesByTheQueriesThatSawTheToken) {
 }
 
 TEST(H2O, TiesGoToTheNewerToken) {
-  auto e = evictor_with(kvevict::H2O{3, 1}, 4, 5);
+  auto e = evictor_with(h2o(1), 4, 5);
   show(e, {0.2f, 0.2f, 0.2f, 0.2f, 0.2f, 0, 0, 0}, 1, 4);
   EXPECT_EQ(e.evict_one().position, 0);  // equal scores: the older token leaves
   EXPECT_EQ(e.evict_one().position, 1);
@@ -219,7 +228,7 @@ TEST(AhaKV, WithAllThreePartsOffItRanksLikeH2O) {
   kvevict::AhaKV aha;
   aha.recent = 4;
   aha.recent_accumulation = aha.step_gain = aha.value_prior = false;
-  expect_same_kept_sets(aha, kvevict::H2O{8, 4}, 22);
+  expect_same_kept_sets(aha, h2o(4), 22);
 }
 
 TEST(AhaKV, EachPartChangesWhatIsKept) {
@@ -250,12 +259,11 @@ TEST(L2Norm, KeepsExactlyTheLowestNormKeysAndItsProtectedTokens) {
   const kvevict::Shape shape{1, 2, 1, 8, 10};
   const testing_support::Stream<float> stream(shape, 60, 31);
   kvevict::L2Norm policy;
-  policy.sinks = 2;
   policy.recent = 3;
   kvevict::CacheOptions options;
   options.max_chunk = 4;
   options.rope = kvevict::Rope(8);  // the norm does not change under rotation
-  kvevict::L2NormCache cache(shape, policy, options);
+  kvevict::KVCache<float, kvevict::Protected<kvevict::L2Norm>> cache(shape, with_sinks(policy, 2), options);
   MatrixF out(4, 16);
   for (int t = 0; t < 60; t += 4)
     cache.forward(0, stream.q[0].middleRows(t, 4), stream.k[0].middleRows(t, 4), stream.v[0].middleRows(t, 4), out);
@@ -292,6 +300,56 @@ TEST(L2Norm, EqualNormsEvictTheOlderToken) {
   EXPECT_EQ(kept(cache, 0, 0), (std::set<std::int64_t>{15, 16, 17, 18, 19}));
 }
 
+// ---- Composition ---------------------------------------------------------------------------------------
+
+template <class Policy>
+void expect_sinks_kept(const Policy& policy) {
+  const kvevict::Shape shape{1, 2, 1, 8, 12};
+  const testing_support::Stream<float> stream(shape, 200, 51);
+  kvevict::KVCache<float, kvevict::Protected<Policy>> cache(shape, kvevict::with_sinks(policy, 4));
+  MatrixF out(1, 16);
+  for (int t = 0; t < 200; ++t) {
+    cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+  }
+  const auto held = kept(cache, 0, 0);
+  EXPECT_EQ(held.size(), 12u);
+  for (std::int64_t p = 0; p < 4; ++p) EXPECT_EQ(held.count(p), 1u) << "sink " << p;
+  EXPECT_EQ(held.count(199), 1u);
+}
+
+TEST(Composition, WithSinksKeepsTheFirstTokensOfAnyPolicy) {
+  expect_sinks_kept(kvevict::Window{});
+  expect_sinks_kept(kvevict::H2O{});
+  expect_sinks_kept(kvevict::AhaKV{});
+  expect_sinks_kept(kvevict::L2Norm{});
+}
+
+TEST(Composition, WithSinksOnWindowIsStreamingLlmWithoutThePositionShift) {
+  const kvevict::Shape shape{1, 2, 1, 8, 10};
+  const testing_support::Stream<float> stream(shape, 60, 52);
+  kvevict::KVCache<float, kvevict::Protected<kvevict::Window>> composed(shape, with_sinks(kvevict::Window{}, 3));
+  kvevict::StreamingCache streaming(shape, kvevict::StreamingLLM{3});
+  MatrixF out(1, 16);
+  for (int t = 0; t < 60; ++t) {
+    composed.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+    streaming.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+    ASSERT_EQ(kept(composed, 0, 0), kept(streaming, 0, 0)) << "step " << t;
+  }
+}
+
+TEST(Composition, ProtectionIsTheUnionAndComesOutOfTheBudget) {
+  // H2O at budget 12 protects its newest 6; with 4 sinks it keeps 4 + 6 and 2 heavy hitters.
+  const kvevict::HeadContext context{0, 0, 1, 12, 13, 8, 1};
+  const kvevict::Evictor<kvevict::Protected<kvevict::H2O>> e(with_sinks(kvevict::H2O{}, 4), context);
+  EXPECT_EQ(e.protection().sinks, 4);
+  EXPECT_EQ(e.protection().recent, 6);
+  EXPECT_EQ(e.pinned_prefix(), 4);
+  const auto nested = with_recent(with_sinks(kvevict::L2Norm{}, 2), 5);
+  const kvevict::Evictor<decltype(nested)> n(nested, context);
+  EXPECT_EQ(n.protection().sinks, 2);
+  EXPECT_EQ(n.protection().recent, 5);
+}
+
 // ---- Shared: per-head selection, determinism, bad input ----------------------------------------------------
 
 TEST(ScorePolicies, EachKvHeadKeepsItsOwnSet) {
@@ -321,7 +379,7 @@ TEST(ScorePolicies, EachKvHeadKeepsItsOwnSet) {
       }
     }
   };
-  check(kvevict::H2OCache(shape, kvevict::H2O{5, 5}));
+  check(kvevict::H2OCache(shape, h2o(5)));
   kvevict::AhaKV aha;
   aha.recent = 5;
   check(kvevict::AhaKVCache(shape, aha));
@@ -360,18 +418,19 @@ TEST(ScorePolicies, BadParametersAreNamed) {
   };
   EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(0)); }).find("window: expected > 0"), std::string::npos);
   EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(-3)); }).find("window"), std::string::npos);
-  const std::string h2o = error_of([&] { kvevict::H2OCache c(shape, kvevict::H2O{6, 4}); });
-  EXPECT_NE(h2o.find("heavy + recent: expected <= budget = 8, got 10"), std::string::npos) << h2o;
+  const std::string h2o_error = error_of([&] { kvevict::H2OCache c(shape, h2o(8)); });
+  EXPECT_NE(h2o_error.find("recent: expected in [0, budget = 8), got 8"), std::string::npos) << h2o_error;
   kvevict::L2Norm l2;
   l2.skip_layers = {0, 5};
   l2.uncompressed_budget = 16;
   const std::string skip = error_of([&] { kvevict::L2NormCache c(shape, l2); });
   EXPECT_NE(skip.find("skip_layers: expected layer indices in [0, n_layers = 2), got 5"), std::string::npos) << skip;
   kvevict::L2Norm crowded;
-  crowded.sinks = 4;
-  crowded.recent = 4;
-  const std::string budget = error_of([&] { kvevict::L2NormCache c(shape, crowded); });
-  EXPECT_NE(budget.find("budget: expected > sinks + recent = 8, got 8"), std::string::npos) << budget;
+  crowded.recent = 5;
+  const std::string budget =
+      error_of([&] { kvevict::KVCache<float, kvevict::Protected<kvevict::L2Norm>> c(shape, with_sinks(crowded, 4)); });
+  EXPECT_NE(budget.find("sinks + recent: expected <= budget = 8"), std::string::npos) << budget;
+  EXPECT_NE(budget.find("got 9"), std::string::npos) << budget;
   kvevict::L2Norm unsized;
   unsized.skip_layers = {0};
   const std::string size = error_of([&] { kvevict::L2NormCache c(shape, unsized); });

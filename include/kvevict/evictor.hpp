@@ -8,6 +8,7 @@
 #include <string>
 
 #include "detail/ring.hpp"
+#include "error.hpp"
 #include "policy.hpp"
 #include "slots.hpp"
 
@@ -40,13 +41,12 @@ class Evictor {
   };
 
   Evictor() = default;
-  /// @throws InvalidArgument when the policy's init() rejects the context.
+  /// @throws InvalidArgument when the policy's init() or protection() rejects the context, or the declared
+  /// protection leaves nothing to evict (sinks + recent above the budget).
   Evictor(const Policy& policy, const HeadContext& context)
-      : policy_(policy),
-        context_(context),
-        slots_(context.capacity),
-        order_(position_mode == PositionMode::in_cache ? context.capacity : 0) {
+      : policy_(policy), context_(context), slots_(context.capacity), order_(kKeepsOrder ? context.capacity : 0) {
     if constexpr (detail::has_init<Policy>::value) policy_.init(context_);
+    protect_ = validated(policy_traits<Policy>::protection(policy_, context_), context_);
   }
 
   /// Forgets every token and starts the policy afresh (init() again); allocates nothing.
@@ -60,17 +60,22 @@ class Evictor {
   const Policy& policy() const { return policy_; }
   const HeadContext& context() const { return context_; }
   const SlotTable& slots() const { return slots_; }
-  SlotView view() const { return SlotView{slots_.positions(), slots_.capacity(), slots_.size(), newest_}; }
+  /// The protection declared by the policy for this head, as the Evictor enforces it.
+  const Protect& protection() const { return protect_; }
+  SlotView view() const {
+    return SlotView{slots_.positions(), slots_.capacity(), slots_.size(), newest_, protect_, oldest_evictable()};
+  }
   int size() const { return slots_.size(); }
   bool over_budget() const { return slots_.size() > context_.budget; }
   /// True when the policy promised to keep the token at `position` while `newest` is the newest token.
   bool protects(std::int64_t position, std::int64_t newest) const {
+    if (protect_.covers(position, newest)) return true;
     if constexpr (detail::has_protects<Policy>::value) return policy_.protects(position, newest);
     return false;
   }
 
-  /// How many first tokens of the stream the policy keeps for good (see KeyShifter).
-  int pinned_prefix() const { return policy_traits<Policy>::pinned_prefix(policy_); }
+  /// How many first tokens of the stream are kept for good (the declared sinks; see KeyShifter).
+  int pinned_prefix() const { return protect_.sinks; }
 
   /// The slot the next admit() fills. @pre size() < capacity
   int next_free_slot() const { return slots_.next_free(); }
@@ -81,7 +86,7 @@ class Evictor {
   int admit(std::int64_t position, const Scalar* key, const Scalar* value) {
     const int slot = slots_.insert(position);
     newest_ = position;
-    if constexpr (position_mode == PositionMode::in_cache) order_.push_back(slot);
+    if constexpr (kKeepsOrder) order_.push_back(slot);
     if constexpr (detail::has_on_append<Policy, Scalar>::value)
       policy_.on_append(TokenView<Scalar>{slot, position, key, value, context_.head_dim});
     return slot;
@@ -93,10 +98,10 @@ class Evictor {
     if constexpr (detail::has_observe<Policy, Scalar>::value) policy_.observe(attention);
   }
 
-  /// Asks the policy for a victim and frees its slot.
+  /// Asks the policy for a victim (the lowest score, or its select()) and frees its slot.
   /// @throws std::logic_error when the policy names a free or a protected slot (a bug in the policy).
   Eviction evict_one() {
-    const int slot = static_cast<int>(policy_.select(view()));
+    const int slot = victim();
     if (slot < 0 || slot >= slots_.capacity() || !slots_.occupied(slot))
       throw std::logic_error("kvevict: policy selected slot " + std::to_string(slot) + ", which holds no token");
     const std::int64_t position = slots_.position(slot);
@@ -105,7 +110,7 @@ class Evictor {
                              ", which it promised to keep");
     slots_.erase(slot);
     int n_shifted = 0;
-    if constexpr (position_mode == PositionMode::in_cache) {
+    if constexpr (kKeepsOrder) {
       // Positions are admitted in increasing order, so order_ is sorted by position.
       int lo = 0, hi = order_.size();
       while (lo < hi) {
@@ -117,8 +122,10 @@ class Evictor {
       }
       // order_[lo] is the victim: the only freed slot in order_, and every older one is still held.
       order_.erase_at(lo);
-      n_shifted = lo;
-      for (int k = 0; k < n_shifted; ++k) slots_.set_rotated_at(order_[k], slots_.rotated_at(order_[k]) + 1);
+      if constexpr (position_mode == PositionMode::in_cache) {
+        n_shifted = lo;
+        for (int k = 0; k < n_shifted; ++k) slots_.set_rotated_at(order_[k], slots_.rotated_at(order_[k]) + 1);
+      }
     }
     return Eviction{slot, position, n_shifted};
   }
@@ -127,10 +134,52 @@ class Evictor {
   int shifted_slot(int k) const { return order_[k]; }
 
  private:
+  // The age order serves select() policies (SlotView::oldest) and the RoPE shift; a score policy in
+  // original position mode never needs it, and skips its upkeep.
+  static constexpr bool kKeepsOrder = position_mode == PositionMode::in_cache || !policy_traits<Policy>::scores;
+
+  static Protect validated(Protect protect, const HeadContext& context) {
+    KVEVICT_REQUIRE(protect.sinks >= 0, "sinks", ">= 0", protect.sinks);
+    KVEVICT_REQUIRE(protect.recent >= 0, "recent", ">= 0", protect.recent);
+    KVEVICT_REQUIRE(std::int64_t(protect.sinks) + protect.recent <= context.budget, "sinks + recent",
+                    "<= budget = " + std::to_string(context.budget) + " (protected tokens leave nothing to evict)",
+                    std::int64_t(protect.sinks) + protect.recent);
+    return protect;
+  }
+
+  int victim() const {
+    if constexpr (policy_traits<Policy>::scores) {
+      const SlotView slots{slots_.positions(), slots_.capacity(), slots_.size(), newest_, protect_, -1};
+      auto score = [&](int s) { return policy_.score(s); };
+      if constexpr (detail::has_protects<Policy>::value)
+        return lowest_score(slots, score, [&](std::int64_t p) { return policy_.protects(p, newest_); });
+      else
+        return lowest_score(slots, score);
+    } else {
+      return static_cast<int>(policy_.select(view()));
+    }
+  }
+
+  // The first slot in age order that the declared protection lets go: past the sinks, and stopping at the
+  // recent window, so O(sinks) whatever the size.
+  int oldest_evictable() const {
+    if constexpr (!kKeepsOrder) {
+      return -1;
+    } else {
+      for (int k = 0; k < order_.size(); ++k) {
+        const std::int64_t p = slots_.position(order_[k]);
+        if (p > newest_ - protect_.recent) return -1;
+        if (p >= protect_.sinks) return order_[k];
+      }
+      return -1;
+    }
+  }
+
   Policy policy_{};
   HeadContext context_{};
   SlotTable slots_;
-  detail::Ring<int> order_;  // in_cache mode: occupied slots by increasing position
+  Protect protect_{};
+  detail::Ring<int> order_;  // select() policies and in_cache mode: occupied slots by increasing position
   std::int64_t newest_ = -1;
 };
 

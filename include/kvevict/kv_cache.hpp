@@ -56,9 +56,9 @@ class KVCache {
   explicit KVCache(const Shape& shape, const Policy& policy = Policy{}, const CacheOptions& options = {})
       : shape_(validated(shape, options)), options_(options) {
     const int group = shape_.group_size();
-    std::vector<int> budgets;  // per layer: a policy may give some layers their own (L2's skipped layers)
+    std::vector<int> budgets;  // per layer: a policy may give some layers their own (a schedule, L2's skipped layers)
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
-      budgets.push_back(policy_traits<Policy>::layer_budget(policy, layer, shape_.budget));
+      budgets.push_back(policy_traits<Policy>::layer_budget(policy, layer, shape_.n_layers, shape_.budget));
       KVEVICT_REQUIRE(budgets.back() > 0, "layer_budget", "> 0 for layer " + std::to_string(layer), budgets.back());
     }
     const std::size_t heads = std::size_t(shape_.n_layers) * std::size_t(shape_.n_kv_heads);

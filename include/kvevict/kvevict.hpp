@@ -3,18 +3,19 @@
 #define KVEVICT_KVEVICT_HPP
 
 /// @file
-/// Everything kvevict offers. Include a single header instead to compile less.
+/// Everything kvevict offers for caching and eviction. Include a single header instead to compile less;
+/// KV head compression (offline, pulls in Eigen's eigensolvers) is its own include, kvevict/head_merge.hpp.
 
 #include "attention.hpp"
 #include "caches.hpp"
 #include "error.hpp"
 #include "evictor.hpp"
-#include "head_merge.hpp"
 #include "kv_cache.hpp"
 #include "policies/ahakv.hpp"
 #include "policies/dense.hpp"
 #include "policies/h2o.hpp"
 #include "policies/l2_norm.hpp"
+#include "policies/protected.hpp"
 #include "policies/sliding_window_recompute.hpp"
 #include "policies/streaming_llm.hpp"
 #include "policies/window.hpp"

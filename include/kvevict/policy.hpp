@@ -6,27 +6,35 @@
 /// The eviction policy contract. "The policy scores, the cache evicts."
 ///
 /// A policy is a plain copyable struct. The cache (or your engine, through Evictor) makes one copy per
-/// (layer, kv head), so a policy instance looks after exactly one slot table. One hook is required:
+/// (layer, kv head), so a policy instance looks after exactly one slot table. It names its victims in one
+/// of two ways:
 ///
-///     int select(const kvevict::SlotView& slots);   // which occupied slot to evict now
+///     double score(int slot) const;                  // a score policy: the lowest score goes, older on ties
+///     int select(const kvevict::SlotView&) const;     // any other rule, e.g. `return slots.oldest();`
+///                                                    // (where both are present, select() decides)
+///
+/// and may declare what it never evicts, which the Evictor applies before asking it:
+///
+///     kvevict::Protect protection(const kvevict::HeadContext&) const;   // first `sinks`, last `recent` tokens
+///     bool protects(std::int64_t position, std::int64_t newest) const;  // a rule of its own, on top
 ///
 /// Everything else is optional and detected:
 ///
 ///     void init(const kvevict::HeadContext&);                   // once, before any token; may throw InvalidArgument
 ///     template <class S> void on_append(const kvevict::TokenView<S>&);     // a token took a slot
 ///     template <class S> void observe(const kvevict::AttentionView<S>&);   // after each attention call
-///     bool protects(std::int64_t position, std::int64_t newest) const;    // a promise never to evict it
-///     int layer_budget(int layer, int budget) const;            // a layer's own budget (L2's skipped layers)
-///     int pinned_prefix() const;                                // in_cache: the first N tokens are kept for good
+///     int layer_budget(int layer, int n_layers, int budget) const;   // a layer's own budget (a schedule)
 ///     static constexpr bool evicts = false;                     // never evicts (Dense)
 ///     static constexpr bool needs_logits = true;                // observe() wants logits as well as weights
 ///     static constexpr kvevict::PositionMode position_mode = kvevict::PositionMode::in_cache;
 ///
-/// select() is called once per token over the budget, after that step's attention; the cache frees the slot
-/// before calling it again. Selecting a free or a protected slot is a bug in the policy and throws
-/// std::logic_error. No virtual calls: the hooks are resolved at compile time.
+/// A victim is asked for once per token over the budget, after that step's attention; the cache frees the
+/// slot before asking again. Naming a free or a protected slot is a bug in the policy and throws
+/// std::logic_error. Protected<P> (with_sinks, with_recent) adds protection to any policy. No virtual calls:
+/// the hooks are resolved at compile time.
 
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #if defined(__cpp_concepts) && __cpp_concepts >= 201907L
@@ -54,14 +62,34 @@ struct HeadContext {
   int group_size = 1;  ///< query heads per kv head
 };
 
-/// A read-only look at one slot table.
+/// Tokens a policy never evicts: the first `sinks` of the stream (kept for good) and the newest `recent`.
+struct Protect {
+  int sinks = 0;
+  int recent = 0;
+
+  bool covers(std::int64_t position, std::int64_t newest) const {
+    return (position < sinks) | (position > newest - recent);
+  }
+  /// Both promises at once.
+  friend Protect operator|(Protect a, Protect b) {
+    return Protect{a.sinks > b.sinks ? a.sinks : b.sinks, a.recent > b.recent ? a.recent : b.recent};
+  }
+};
+
+/// A read-only look at one slot table, as the Evictor sees it when it asks for a victim.
 struct SlotView {
   const std::int64_t* positions;  ///< per slot, kFreeSlot where empty
   int capacity;
   int size;             ///< occupied slots
   std::int64_t newest;  ///< position of the newest token appended
+  Protect protect;      ///< the declared protection the Evictor enforces
+  int oldest_slot;      ///< the oldest slot `protect` lets go; -1 for score policies (they keep no age order)
 
   bool occupied(int slot) const { return positions[slot] != kFreeSlot; }
+  /// Occupied and not under the declared protection.
+  bool evictable(int slot) const { return occupied(slot) && !protect.covers(positions[slot], newest); }
+  /// The victim of first-in-first-out policies (Window, StreamingLLM): O(1).
+  int oldest() const { return oldest_slot; }
 };
 
 /// A token that has just been stored: its key (as stored, i.e. rotated if the cache applies RoPE) and value.
@@ -95,8 +123,19 @@ namespace detail {
 template <class P, class = void>
 struct has_select : std::false_type {};
 template <class P>
-struct has_select<P, std::void_t<decltype(std::declval<P&>().select(std::declval<const SlotView&>()))>>
-    : std::is_convertible<decltype(std::declval<P&>().select(std::declval<const SlotView&>())), int> {};
+struct has_select<P, std::void_t<decltype(std::declval<const P&>().select(std::declval<const SlotView&>()))>>
+    : std::is_convertible<decltype(std::declval<const P&>().select(std::declval<const SlotView&>())), int> {};
+
+template <class P, class = void>
+struct has_score : std::false_type {};
+template <class P>
+struct has_score<P, std::void_t<decltype(double(std::declval<const P&>().score(0)))>> : std::true_type {};
+
+template <class P, class = void>
+struct has_protection : std::false_type {};
+template <class P>
+struct has_protection<P, std::void_t<decltype(Protect(std::declval<const P&>().protection(HeadContext{})))>>
+    : std::true_type {};
 
 template <class P, class = void>
 struct has_init : std::false_type {};
@@ -125,12 +164,8 @@ struct has_protects<P, std::void_t<decltype(bool(std::declval<const P&>().protec
 template <class P, class = void>
 struct has_layer_budget : std::false_type {};
 template <class P>
-struct has_layer_budget<P, std::void_t<decltype(int(std::declval<const P&>().layer_budget(0, 0)))>> : std::true_type {};
-
-template <class P, class = void>
-struct has_pinned_prefix : std::false_type {};
-template <class P>
-struct has_pinned_prefix<P, std::void_t<decltype(int(std::declval<const P&>().pinned_prefix()))>> : std::true_type {};
+struct has_layer_budget<P, std::void_t<decltype(int(std::declval<const P&>().layer_budget(0, 0, 0)))>>
+    : std::true_type {};
 
 template <class P, class = void>
 struct has_recompute_range : std::false_type {};
@@ -152,19 +187,43 @@ struct position_mode_of : std::integral_constant<PositionMode, PositionMode::ori
 template <class P>
 struct position_mode_of<P, std::void_t<decltype(P::position_mode)>>
     : std::integral_constant<PositionMode, P::position_mode> {};
+
+struct NothingMore {
+  bool operator()(std::int64_t /*position*/) const { return false; }
+};
 }  // namespace detail
 
 /// True when P can serve as an eviction policy (C++17 spelling of the EvictionPolicy concept).
 template <class P>
-inline constexpr bool is_eviction_policy_v = std::is_copy_constructible_v<P>&& detail::has_select<P>::value;
+inline constexpr bool is_eviction_policy_v = std::is_copy_constructible_v<P> &&
+                                             (detail::has_select<P>::value || detail::has_score<P>::value);
 
 #if defined(__cpp_concepts) && __cpp_concepts >= 201907L
-/// An eviction policy: copyable, and names a victim among the occupied slots.
+/// An eviction policy: copyable, and either scores slots or names a victim among them.
 template <class P>
-concept EvictionPolicy = std::copy_constructible<P> && requires(P& p, const SlotView& slots) {
-  { p.select(slots) } -> std::convertible_to<int>;
-};
+concept EvictionPolicy = is_eviction_policy_v<P>;
 #endif
+
+/// The evictable slot (SlotView::evictable) with the lowest score, leaving out the positions for which
+/// `excluded` holds. On equal scores the older token goes, so the newer one is kept: the same answer on
+/// every run and compiler. Returns -1 when nothing is left to choose. O(capacity), branch-free.
+template <class Score, class Excluded = detail::NothingMore>
+int lowest_score(const SlotView& slots, Score&& score, Excluded&& excluded = {}) {
+  int victim = -1;
+  double best = std::numeric_limits<double>::infinity();
+  std::int64_t best_position = std::numeric_limits<std::int64_t>::max();
+  for (int s = 0; s < slots.capacity; ++s) {
+    // The winner changes rarely, but the tests against it are unpredictable: no branches.
+    const std::int64_t p = slots.positions[s];
+    const bool eligible = (p != kFreeSlot) & !slots.protect.covers(p, slots.newest) & !excluded(p);
+    const double v = eligible ? double(score(s)) : std::numeric_limits<double>::infinity();
+    const bool better = eligible & ((v < best) | ((v == best) & (p < best_position)));
+    victim = better ? s : victim;
+    best = better ? v : best;
+    best_position = better ? p : best_position;
+  }
+  return victim;
+}
 
 /// Static facts about a policy type, with the defaults of the optional hooks filled in.
 template <class P>
@@ -172,26 +231,27 @@ struct policy_traits {
   static constexpr bool evicts = detail::evicts_flag<P>::value;
   static constexpr bool needs_logits = detail::needs_logits_flag<P>::value;
   static constexpr PositionMode position_mode = detail::position_mode_of<P>::value;
+  /// Victims by lowest score(): the policy has score() and no select() (a select() of its own wins).
+  static constexpr bool scores = detail::has_score<P>::value && !detail::has_select<P>::value;
 
   /// The budget of `layer`: the policy's layer_budget() if it has one, else the shape's budget.
-  static int layer_budget(const P& policy, int layer, int budget) {
-    if constexpr (detail::has_layer_budget<P>::value) return policy.layer_budget(layer, budget);
+  static int layer_budget(const P& policy, int layer, int n_layers, int budget) {
+    if constexpr (detail::has_layer_budget<P>::value) return policy.layer_budget(layer, n_layers, budget);
     return budget;
   }
 
-  /// How many first tokens of the stream the policy keeps for good: pinned_prefix() if it has one, else 0.
-  /// In PositionMode::in_cache their keys move once per token for the whole stream, so KeyShifter keeps
-  /// them exact (rope.hpp).
-  static int pinned_prefix(const P& policy) {
-    if constexpr (detail::has_pinned_prefix<P>::value) return policy.pinned_prefix();
-    return 0;
+  /// What the policy declares it never evicts: its protection() if it has one, else nothing.
+  static Protect protection(const P& policy, const HeadContext& context) {
+    if constexpr (detail::has_protection<P>::value) return policy.protection(context);
+    return Protect{};
   }
 };
 
-#define KVEVICT_CHECK_POLICY(P)                                                           \
-  static_assert(::kvevict::is_eviction_policy_v<P>,                                       \
-                "kvevict: not an eviction policy: the type must be copyable and provide " \
-                "`int select(const kvevict::SlotView&)` returning the slot to evict (see kvevict/policy.hpp)")
+#define KVEVICT_CHECK_POLICY(P)                                                                             \
+  static_assert(::kvevict::is_eviction_policy_v<P>,                                                         \
+                "kvevict: not an eviction policy: the type must be copyable and provide either "            \
+                "`double score(int slot) const` or `int select(const kvevict::SlotView&) const` returning " \
+                "the slot to evict (see kvevict/policy.hpp)")
 
 }  // namespace kvevict
 

@@ -5,32 +5,10 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "../policy.hpp"
 
 namespace kvevict::detail {
-
-/// The occupied, unprotected slot with the lowest score; on equal scores the older token goes, so the
-/// newer one is kept (the same answer on every run and compiler). Returns -1 when every slot is protected.
-/// O(capacity).
-template <class Score, class Protects>
-int argmin_score(const SlotView& slots, Score&& score, Protects&& protects) {
-  int victim = -1;
-  double best = std::numeric_limits<double>::infinity();
-  std::int64_t best_pos = std::numeric_limits<std::int64_t>::max();
-  for (int s = 0; s < slots.capacity; ++s) {
-    // Branch-free body: the winner changes rarely, but the tests against it are unpredictable.
-    const std::int64_t p = slots.positions[s];
-    const bool eligible = p != kFreeSlot && !protects(p);
-    const double v = eligible ? score(s) : std::numeric_limits<double>::infinity();
-    const bool better = eligible & ((v < best) | ((v == best) & (p < best_pos)));
-    victim = better ? s : victim;
-    best = better ? v : best;
-    best_pos = better ? p : best_pos;
-  }
-  return victim;
-}
 
 /// How the query heads of a GQA group are folded into their kv head's score.
 enum class GroupReduce { mean, sum, max };

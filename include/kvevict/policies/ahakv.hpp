@@ -24,7 +24,7 @@
 ///    never flatter than the model's attention.
 ///  - AvgPool is causal with width `pool` = 5: a token's prior averages its own ||v||^2 with the four tokens
 ///    before it, known when it arrives, so the prior costs O(1) per token and never changes afterwards.
-///  - Dividing by max gamma scales every score alike; select() ranks without it, score() includes it.
+///  - Dividing by max gamma scales every score alike, so score() leaves it out.
 ///  - GQA: the group's query heads are averaged into their kv head, as for H2O. Sink logits and
 ///    off-by-one do not enter the score: it is a plain (step-gain) softmax over the visible tokens.
 /// Cost per step: a second softmax over the logits, O(queries x group x budget), plus O(budget) for the
@@ -56,15 +56,19 @@ struct AhaKV {
   double min_gain = 1.0, max_gain = 4.0;  ///< clamp of lambda * sqrt(d)
   bool recent_accumulation = true, step_gain = true, value_prior = true;
 
-  /// @throws InvalidArgument for window or pool <= 0, recent outside [0, budget), a bad gain range.
+  /// @throws InvalidArgument unless recent (default min(window, budget / 2)) is in [0, budget).
+  Protect protection(const HeadContext& context) const {
+    const int r = recent == kAuto ? std::min(window, context.budget / 2) : recent;
+    KVEVICT_REQUIRE(r >= 0 && r < context.budget, "recent", "in [0, budget = " + std::to_string(context.budget) + ")",
+                    r);
+    return Protect{0, r};
+  }
+  /// @throws InvalidArgument for window or pool <= 0, or a bad gain range.
   void init(const HeadContext& context) {
     KVEVICT_REQUIRE(window > 0, "window", "> 0 (the r of recent accumulation)", window);
     KVEVICT_REQUIRE(pool > 0, "pool", "> 0", pool);
     KVEVICT_REQUIRE(min_gain > 0 && max_gain >= min_gain, "min_gain, max_gain", "0 < min_gain <= max_gain",
                     std::to_string(min_gain) + ", " + std::to_string(max_gain));
-    if (recent == kAuto) recent = std::min(window, context.budget / 2);
-    KVEVICT_REQUIRE(recent >= 0 && recent < context.budget, "recent",
-                    "in [0, budget = " + std::to_string(context.budget) + ")", recent);
     budget_ = context.budget;
     head_dim_ = context.head_dim;
     const auto cap = std::size_t(context.capacity);
@@ -128,28 +132,15 @@ struct AhaKV {
     }
   }
 
-  int select(const SlotView& slots) const {
-    return detail::argmin_score(
-        slots, [&](int s) { return ranked(s); }, [&](std::int64_t p) { return protects(p, slots.newest); });
-  }
-  bool protects(std::int64_t position, std::int64_t newest) const { return position > newest - recent; }
-
-  /// gamma_bar_j S_j over the occupied slots of `slots`, as the paper writes it.
-  double score(const SlotView& slots, int slot) const {
-    double max_prior = 0.0;
-    for (int s = 0; s < slots.capacity; ++s)
-      if (slots.occupied(s)) max_prior = std::max(max_prior, prior_[std::size_t(s)]);
-    return value_prior ? score_[std::size_t(slot)] * prior_[std::size_t(slot)] / max_prior : score_[std::size_t(slot)];
+  /// gamma_j S_j: the paper's score times max gamma, which ranks alike (see above).
+  double score(int slot) const {
+    const auto s = std::size_t(slot);
+    return value_prior ? score_[s] * prior_[s] : score_[s];
   }
   /// The raw gamma (pooled ||v||^2) of a slot.
   double prior(int slot) const { return prior_[std::size_t(slot)]; }
 
  private:
-  double ranked(int slot) const {
-    const auto s = std::size_t(slot);
-    return value_prior ? score_[s] * prior_[s] : score_[s];
-  }
-
   // softmax_j(gain * logit_j) over the visible slots of one row (masked logits are -inf); the logits
   // arrive scaled, so gain = lambda / scale.
   template <class Logits>

@@ -9,9 +9,9 @@
 /// Every kv head scores each kept token by the attention it has received: after each attention call the
 /// weights of every query (prefill chunks included, every query of a chunk counts) are added to the token's
 /// score, the query heads of a GQA group folded into their kv head (mean by default, as kvpress does; sum
-/// or max on request). The last `recent` tokens are always kept; of the others the lowest score is evicted,
-/// so the `heavy` hitters stay. `normalized` divides a score by the number of queries that saw the token
-/// (kvpress's ObservedAttention), which removes the head start of old tokens. Ties: the older token goes.
+/// or max on request). The last `recent` tokens are always kept; the rest of the budget holds the heavy
+/// hitters, the highest scores, so the lowest score is evicted. `normalized` divides a score by the number
+/// of queries that saw the token (kvpress's ObservedAttention), which removes the head start of old tokens.
 /// Cost per step: O(queries x group x budget) to accumulate (the order of attention) + O(budget) to select.
 
 #include <cstdint>
@@ -29,25 +29,18 @@ struct H2O {
   using GroupReduce = detail::GroupReduce;
   static constexpr int kHalfBudget = -1;
 
-  int heavy = kHalfBudget;   ///< tokens kept for their score; default budget - recent
-  int recent = kHalfBudget;  ///< newest tokens always kept; default budget / 2
+  int recent = kHalfBudget;  ///< newest tokens always kept (budget / 2 by default); the rest are heavy hitters
   GroupReduce reduce = GroupReduce::mean;
   bool normalized = false;
 
-  H2O() = default;
-  H2O(int n_heavy, int n_recent, GroupReduce group_reduce = GroupReduce::mean, bool normalize = false)
-      : heavy(n_heavy), recent(n_recent), reduce(group_reduce), normalized(normalize) {}
-
-  /// @throws InvalidArgument when recent or heavy is negative or heavy + recent exceeds the budget.
-  /// When heavy + recent is below the budget the spare slots go to heavy hitters: the budget is the memory.
+  /// @throws InvalidArgument unless 0 <= recent < budget.
+  Protect protection(const HeadContext& context) const {
+    const int r = recent == kHalfBudget ? context.budget / 2 : recent;
+    KVEVICT_REQUIRE(r >= 0 && r < context.budget, "recent", "in [0, budget = " + std::to_string(context.budget) + ")",
+                    r);
+    return Protect{0, r};
+  }
   void init(const HeadContext& context) {
-    if (recent == kHalfBudget) recent = context.budget / 2;
-    if (heavy == kHalfBudget) heavy = context.budget - recent;
-    KVEVICT_REQUIRE(recent >= 0, "recent", ">= 0", recent);
-    KVEVICT_REQUIRE(heavy >= 0, "heavy", ">= 0", heavy);
-    KVEVICT_REQUIRE(heavy + recent <= context.budget, "heavy + recent", "<= budget = " + std::to_string(context.budget),
-                    heavy + recent);
-    KVEVICT_REQUIRE(recent < context.budget, "recent", "< budget = " + std::to_string(context.budget), recent);
     score_.assign(std::size_t(context.capacity), 0.0);
     seen_.assign(std::size_t(context.capacity), 0);
   }
@@ -60,13 +53,6 @@ struct H2O {
   void observe(const AttentionView<Scalar>& attention) {
     detail::accumulate(attention, reduce, score_.data(), seen_.data());
   }
-  int select(const SlotView& slots) const {
-    return detail::argmin_score(
-        slots, [&](int s) { return score(s); }, [&](std::int64_t p) { return protects(p, slots.newest); });
-  }
-  bool protects(std::int64_t position, std::int64_t newest) const { return position > newest - recent; }
-
-  /// The score select() ranks by.
   double score(int slot) const {
     const auto s = std::size_t(slot);
     return normalized ? score_[s] / double(seen_[s] > 0 ? seen_[s] : 1) : score_[s];

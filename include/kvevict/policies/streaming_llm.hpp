@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <string>
 
-#include "../detail/ring.hpp"
 #include "../error.hpp"
 #include "../policy.hpp"
 
@@ -33,26 +32,13 @@ struct StreamingLLM {
   explicit StreamingLLM(int n_sinks) : sinks(n_sinks) {}
 
   /// @throws InvalidArgument unless 0 <= sinks < budget.
-  void init(const HeadContext& context) {
+  Protect protection(const HeadContext& context) const {
     KVEVICT_REQUIRE(sinks >= 0, "sinks", ">= 0", sinks);
-    KVEVICT_REQUIRE(context.budget >= sinks + 1, "budget", ">= sinks + 1 = " + std::to_string(sinks + 1),
+    KVEVICT_REQUIRE(context.budget > sinks, "budget", ">= sinks + 1 = " + std::to_string(std::int64_t(sinks) + 1),
                     context.budget);
-    window_ = context.budget - sinks;
-    fifo_.reset(context.capacity);
+    return Protect{sinks, context.budget - sinks};
   }
-  template <class Scalar>
-  void on_append(const TokenView<Scalar>& token) {
-    if (token.position >= sinks) fifo_.push_back(token.slot);
-  }
-  int select(const SlotView& /*slots*/) { return fifo_.pop_front(); }
-  bool protects(std::int64_t position, std::int64_t newest) const {
-    return position < sinks || position > newest - window_;
-  }
-  int pinned_prefix() const { return sinks; }
-
- private:
-  int window_ = 0;
-  detail::Ring<int> fifo_;  // non-sink slots, oldest first
+  int select(const SlotView& slots) const { return slots.oldest(); }
 };
 
 }  // namespace kvevict

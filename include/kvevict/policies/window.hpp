@@ -7,32 +7,18 @@
 ///
 /// The baseline that collapses: once the text is longer than the window, the first tokens (the attention
 /// sinks) leave and perplexity explodes (StreamingLLM, arXiv 2309.17453, Table 1: 5158 on Llama-2-13B with
-/// a 1024-token cache). Slots are reused in the order they were filled, so the cache is a ring buffer.
-/// Cost per step: O(1).
+/// a 1024-token cache). The oldest token goes; slots are reused in the order they were filled, so the cache
+/// is a ring buffer. It promises only the newest token, so `with_sinks(Window{}, 4)` is window attention
+/// with sinks at their original positions (StreamingLLM without its position shift). Cost per step: O(1).
 
-#include <cstdint>
-
-#include "../detail/ring.hpp"
 #include "../policy.hpp"
 
 namespace kvevict {
 
 /// Evicts the oldest token.
 struct Window {
-  void init(const HeadContext& context) {
-    window_ = context.budget;
-    fifo_.reset(context.capacity);
-  }
-  template <class Scalar>
-  void on_append(const TokenView<Scalar>& token) {
-    fifo_.push_back(token.slot);
-  }
-  int select(const SlotView& /*slots*/) { return fifo_.pop_front(); }
-  bool protects(std::int64_t position, std::int64_t newest) const { return position > newest - window_; }
-
- private:
-  int window_ = 0;
-  detail::Ring<int> fifo_;  // slots, oldest first
+  Protect protection(const HeadContext& /*context*/) const { return Protect{0, 1}; }
+  int select(const SlotView& slots) const { return slots.oldest(); }
 };
 
 }  // namespace kvevict

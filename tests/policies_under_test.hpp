@@ -14,10 +14,27 @@ using kvevict::Protected;
 using AllPolicies =
     ::testing::Types<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM, kvevict::SlidingWindowRecompute,
                      kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm, Protected<kvevict::Window>, Protected<kvevict::H2O>,
-                     Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>>;
+                     Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>, kvevict::Pyramid<kvevict::H2O>,
+                     kvevict::AdaptiveHeads<kvevict::AhaKV>, kvevict::Pyramid<kvevict::AdaptiveHeads<kvevict::H2O>>>;
 
-/// The shared suites build each policy with its defaults, which must be valid for any budget >= 8; a
-/// composed policy gets 2 sinks, and L2 a recent window of 4 under them (a composition of compositions).
+/// Tokens all kv heads of `layer` hold together.
+template <class Cache>
+long layer_held(const Cache& cache, int layer) {
+  long held = 0;
+  for (int h = 0; h < cache.shape().n_kv_heads; ++h) held += cache.size(layer, h);
+  return held;
+}
+
+/// What the kv heads of `layer` may hold together after a step: their budgets (the layer's own, for a
+/// per-layer schedule), summed.
+template <class Cache>
+long layer_total(const Cache& cache, int layer) {
+  return long(cache.shape().n_kv_heads) * cache.head(layer, 0).context().budget;
+}
+
+/// The shared suites build each policy with its defaults, which must be valid for any budget >= 8 (and a
+/// layer budget of 1 under a pyramid); a composed policy gets 2 sinks, and L2 a recent window of 4 under
+/// them (a composition of compositions).
 template <class Policy>
 struct Make {
   static Policy policy() { return Policy{}; }

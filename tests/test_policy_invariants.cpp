@@ -53,13 +53,36 @@ class PolicyInvariants : public ::testing::Test {
 TYPED_TEST_SUITE(PolicyInvariants, testing_support::AllPolicies);
 
 TYPED_TEST(PolicyInvariants, NeverHoldsMoreThanTheBudget) {
+  // Each head holds at most its layer's budget; heads that share the layer's total hold at most that total
+  // together, never fewer than the floor each once the layer is full, and the layer's total exactly.
   using CacheT = typename TestFixture::Cache;
+  using Traits = kvevict::policy_traits<TypeParam>;
   const Shape s = TestFixture::shape(TestFixture::budget_for(16));
-  CacheT cache(s, testing_support::make_policy<TypeParam>(), TestFixture::options());
+  const auto policy = testing_support::make_policy<TypeParam>();
+  CacheT cache(s, policy, TestFixture::options());
   const Stream<float> stream(s, TestFixture::kTokens, 1);
-  TestFixture::run(cache, stream, [&](int) {
-    for (int l = 0; l < s.n_layers; ++l)
-      for (int h = 0; h < s.n_kv_heads; ++h) ASSERT_LE(cache.size(l, h), s.budget);
+  long budgets = 0;
+  for (int l = 0; l < s.n_layers; ++l) budgets += cache.head(l, 0).context().budget;
+  EXPECT_EQ(budgets, long(s.n_layers) * s.budget);  // a per-layer schedule moves memory, never adds it
+  TestFixture::run(cache, stream, [&](int newest) {
+    for (int l = 0; l < s.n_layers; ++l) {
+      const int budget = cache.head(l, 0).context().budget;
+      const long total = testing_support::layer_total(cache, l);
+      ASSERT_LE(testing_support::layer_held(cache, l), total);
+      if (Traits::evicts && newest + 1 >= budget) {
+        ASSERT_EQ(testing_support::layer_held(cache, l), total);
+      }
+      for (int h = 0; h < s.n_kv_heads; ++h) {
+        if (!Traits::shares_layer_budget) {
+          ASSERT_LE(cache.size(l, h), budget);
+        } else {
+          ASSERT_LE(cache.size(l, h), cache.capacity(l) - TestFixture::options().max_chunk);
+          if (newest + 1 >= budget) {
+            ASSERT_GE(cache.size(l, h), std::min(budget, Traits::head_floor(policy, budget)));
+          }
+        }
+      }
+    }
   });
 }
 
@@ -149,6 +172,9 @@ TYPED_TEST(PolicyInvariants, EqualsDenseWhenTheBudgetCoversTheSequence) {
   o.rope = kvevict::Rope(s.head_dim, 10000.0);
   CacheT cache(s, testing_support::make_policy<TypeParam>(), o);
   kvevict::KVCache<float, kvevict::Dense> dense(s, {}, o);
+  for (int l = 0; l < s.n_layers; ++l)
+    if (cache.head(l, 0).context().budget < TestFixture::kTokens)
+      GTEST_SKIP() << "a per-layer schedule gives layer " << l << " less than the sequence";
   const Stream<float> stream(s, TestFixture::kTokens, 4);
   for (int t = 0; t < TestFixture::kTokens; ++t)
     for (int l = 0; l < s.n_layers; ++l) {
@@ -157,7 +183,13 @@ TYPED_TEST(PolicyInvariants, EqualsDenseWhenTheBudgetCoversTheSequence) {
                     stream.v[std::size_t(l)].row(t), a);
       dense.forward(l, stream.q[std::size_t(l)].row(t), stream.k[std::size_t(l)].row(t),
                     stream.v[std::size_t(l)].row(t), b);
-      ASSERT_TRUE(a == b) << "step " << t << " layer " << l;
+      // Bit-identical where the slot tables are as wide as dense's; a head sized for a shared budget has wider
+      // rows of weights, whose alignment changes the order of the vectorised sums by an ulp or so.
+      if (cache.capacity(l) == dense.capacity(l)) {
+        ASSERT_TRUE(a == b) << "step " << t << " layer " << l;
+      } else {
+        ASSERT_TRUE(a.isApprox(b, 1e-5f)) << "step " << t << " layer " << l;
+      }
     }
 }
 }  // namespace

@@ -350,6 +350,121 @@ TEST(Composition, ProtectionIsTheUnionAndComesOutOfTheBudget) {
   EXPECT_EQ(n.protection().recent, 5);
 }
 
+// ---- Budgets per layer and per head ------------------------------------------------------------------
+
+TEST(Budgets, PyramidMovesMemoryDownTheLayersAndSumsToTheUniformTotal) {
+  for (int n_layers : {1, 2, 3, 30})
+    for (int budget : {1, 2, 7, 19, 20, 64, 128, 256})
+      for (double beta : {1.0, 2.0, 20.0}) {
+        long sum = 0;
+        int previous = budget * 2 + 1;
+        for (int l = 0; l < n_layers; ++l) {
+          const int b = kvevict::pyramid_budget(l, n_layers, budget, beta);
+          EXPECT_GE(b, 1);
+          EXPECT_LE(b, previous) << "layer " << l;  // lower layers never get less
+          previous = b;
+          sum += b;
+        }
+        EXPECT_EQ(sum, long(n_layers) * budget) << n_layers << " layers, budget " << budget << ", beta " << beta;
+        if (beta == 1.0) {
+          EXPECT_EQ(kvevict::pyramid_budget(n_layers - 1, n_layers, budget, beta), budget);
+        }
+      }
+  // The paper's shape at SmolLM2's depth: the top layer gets budget / beta, the bottom twice the budget less that.
+  EXPECT_EQ(kvevict::pyramid_budget(29, 30, 128), 6);
+  EXPECT_EQ(kvevict::pyramid_budget(0, 30, 128), 250);
+  EXPECT_NE(error_of([] { kvevict::pyramid_budget(0, 4, 8, 0.5); }).find("beta: expected >= 1"), std::string::npos);
+}
+
+TEST(Budgets, PyramidSetsEachLayersCache) {
+  const kvevict::Shape shape{4, 2, 1, 8, 32};
+  kvevict::KVCache<float, kvevict::Pyramid<kvevict::H2O>> cache(shape);
+  for (int l = 0; l < 4; ++l) {
+    EXPECT_EQ(cache.head(l, 0).context().budget, kvevict::pyramid_budget(l, 4, 32));
+    EXPECT_EQ(cache.capacity(l), kvevict::pyramid_budget(l, 4, 32) + kvevict::CacheOptions{}.max_chunk);
+  }
+}
+
+// An independent greedy over a snapshot of every head's scores: while the layer holds more than its total,
+// the lowest evictable score among heads above the floor leaves (older token within a head, lower head
+// across heads on ties).
+template <class Cache>
+std::vector<std::set<std::int64_t>> greedy_shared_eviction(const Cache& cache, int layer, int floor) {
+  const int heads = cache.shape().n_kv_heads;
+  std::vector<std::set<std::int64_t>> held(std::size_t(heads), std::set<std::int64_t>{});
+  std::vector<std::map<std::int64_t, double>> score{std::size_t(heads)};
+  std::int64_t newest = -1;
+  for (int h = 0; h < heads; ++h) {
+    const auto& head = cache.head(layer, h);
+    for (int slot = 0; slot < head.slots().capacity(); ++slot)
+      if (head.slots().occupied(slot)) {
+        const auto p = head.slots().position(slot);
+        held[std::size_t(h)].insert(p);
+        score[std::size_t(h)][p] = head.policy().score(slot);
+        newest = std::max(newest, p);
+      }
+  }
+  long total = long(heads) * cache.head(layer, 0).context().budget, count = 0;
+  for (const auto& h : held) count += long(h.size());
+  for (; count > total; --count) {
+    int best_head = -1;
+    std::int64_t best_pos = -1;
+    for (int h = 0; h < heads; ++h) {
+      if (int(held[std::size_t(h)].size()) <= floor) continue;
+      for (auto p : held[std::size_t(h)]) {  // increasing positions: the older of equal scores is met first
+        if (cache.head(layer, h).protects(p, newest)) continue;
+        const double v = score[std::size_t(h)][p];
+        if (best_head < 0 || v < score[std::size_t(best_head)][best_pos] ||
+            (v == score[std::size_t(best_head)][best_pos] && h == best_head && p < best_pos)) {
+          best_head = h;
+          best_pos = p;
+        }
+      }
+    }
+    held[std::size_t(best_head)].erase(best_pos);
+  }
+  return held;
+}
+
+TEST(Budgets, AdaptiveHeadsGiveUpTheLowestScoresAcrossTheLayer) {
+  const kvevict::Shape shape{2, 6, 3, 8, 10};
+  const testing_support::Stream<float> stream(shape, 150, 61);
+  kvevict::AdaptiveHeads<kvevict::H2O> policy;
+  policy.recent = 2;
+  policy.floor = 0.3;  // 3 tokens
+  kvevict::CacheOptions options;
+  options.max_chunk = 4;
+  kvevict::KVCache<float, kvevict::AdaptiveHeads<kvevict::H2O>> cache(shape, policy, options);
+  EXPECT_EQ(cache.capacity(0), 3 * 10 - 2 * 3 + 4);
+  MatrixF out(4, 48);
+  bool uneven = false;
+  for (int t = 0; t < 150;) {
+    const int chunk = t < 8 ? 4 : 1;
+    for (int l = 0; l < 2; ++l) {
+      const auto rows = [&](const MatrixF& m) { return m.middleRows(t, chunk); };
+      cache.append(l, rows(stream.k[std::size_t(l)]), rows(stream.v[std::size_t(l)]));
+      cache.attend(l, rows(stream.q[std::size_t(l)]), out.topRows(chunk));
+      const auto expected = greedy_shared_eviction(cache, l, 3);
+      cache.evict(l);
+      for (int h = 0; h < 3; ++h) {
+        ASSERT_EQ(kept(cache, l, h), expected[std::size_t(h)]) << "step " << t << " layer " << l << " head " << h;
+        uneven |= cache.size(l, h) != 10;
+      }
+    }
+    t += chunk;
+  }
+  EXPECT_TRUE(uneven);  // the heads did not all keep the same number of tokens
+}
+
+TEST(Budgets, AdaptiveHeadsRejectABadFloor) {
+  kvevict::AdaptiveHeads<kvevict::H2O> policy;
+  policy.floor = 1.5;
+  EXPECT_NE(error_of([&] {
+              kvevict::KVCache<float, decltype(policy)> c(kvevict::Shape{1, 2, 2, 8, 8}, policy);
+            }).find("floor: expected in [0, 1]"),
+            std::string::npos);
+}
+
 // ---- Shared: per-head selection, determinism, bad input ----------------------------------------------------
 
 TEST(ScorePolicies, EachKvHeadKeepsItsOwnSet) {

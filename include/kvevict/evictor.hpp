@@ -100,8 +100,26 @@ class Evictor {
 
   /// Asks the policy for a victim (the lowest score, or its select()) and frees its slot.
   /// @throws std::logic_error when the policy names a free or a protected slot (a bug in the policy).
-  Eviction evict_one() {
-    const int slot = victim();
+  Eviction evict_one() { return evict(victim()); }
+
+  /// The slot evict_one() would free now: the policy's select(), or the lowest score() that the
+  /// protection lets go (-1 when it lets nothing go).
+  int victim() const {
+    if constexpr (policy_traits<Policy>::scores) {
+      const SlotView slots{slots_.positions(), slots_.capacity(), slots_.size(), newest_, protect_, -1};
+      auto score = [&](int s) { return policy_.score(s); };
+      if constexpr (detail::has_protects<Policy>::value)
+        return lowest_score(slots, score, [&](std::int64_t p) { return policy_.protects(p, newest_); });
+      else
+        return lowest_score(slots, score);
+    } else {
+      return static_cast<int>(policy_.select(view()));
+    }
+  }
+
+  /// Frees `slot`, chosen by whoever shares a budget across Evictors (AdaptiveHeads).
+  /// @throws std::logic_error when the slot holds no token or a protected one.
+  Eviction evict(int slot) {
     if (slot < 0 || slot >= slots_.capacity() || !slots_.occupied(slot))
       throw std::logic_error("kvevict: policy selected slot " + std::to_string(slot) + ", which holds no token");
     const std::int64_t position = slots_.position(slot);
@@ -145,19 +163,6 @@ class Evictor {
                     "<= budget = " + std::to_string(context.budget) + " (protected tokens leave nothing to evict)",
                     std::int64_t(protect.sinks) + protect.recent);
     return protect;
-  }
-
-  int victim() const {
-    if constexpr (policy_traits<Policy>::scores) {
-      const SlotView slots{slots_.positions(), slots_.capacity(), slots_.size(), newest_, protect_, -1};
-      auto score = [&](int s) { return policy_.score(s); };
-      if constexpr (detail::has_protects<Policy>::value)
-        return lowest_score(slots, score, [&](std::int64_t p) { return policy_.protects(p, newest_); });
-      else
-        return lowest_score(slots, score);
-    } else {
-      return static_cast<int>(policy_.select(view()));
-    }
   }
 
   // The first slot in age order that the declared protection lets go: past the sinks, and stopping at the

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -67,7 +68,7 @@ class KVCache {
     keys_.reserve(heads);
     values_.reserve(heads);
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
-      const int budget = budgets[std::size_t(layer)], capacity = budget + options_.max_chunk;
+      const int budget = budgets[std::size_t(layer)], capacity = head_limit(policy, budget) + options_.max_chunk;
       for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
         heads_.emplace_back(policy, HeadContext{layer, kv, shape_.n_layers, budget, capacity, shape_.head_dim, group});
         shifters_.emplace_back(heads_.back().pinned_prefix(), shape_.head_dim);
@@ -75,18 +76,22 @@ class KVCache {
         values_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
       }
     }
-    const int widest = *std::max_element(budgets.begin(), budgets.end()) + options_.max_chunk;
+    int widest = 0;
+    for (int layer = 0; layer < shape_.n_layers; ++layer) widest = std::max(widest, capacity(layer));
     queries_.resize(options_.max_chunk, std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim);
     probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, widest);
     if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());
     query_pos_.resize(std::size_t(options_.max_chunk));
     n_seen_.assign(std::size_t(shape_.n_layers), 0);
     chunk_.assign(std::size_t(shape_.n_layers), 0);
+    candidate_.assign(std::size_t(shape_.n_kv_heads), -1);
+    candidate_score_.assign(std::size_t(shape_.n_kv_heads), 0.0);
   }
 
   const Shape& shape() const { return shape_; }
   const CacheOptions& options() const { return options_; }
-  /// Slots of each head of `layer`: its budget plus max_chunk.
+  /// Slots of each head of `layer`: the most it may hold after a step (its budget, or with a budget shared
+  /// across heads what the others' floors leave) plus max_chunk.
   int capacity(int layer = 0) const { return heads_[index(layer, 0)].context().capacity; }
   /// Tokens appended to `layer` so far; the next one gets this position.
   std::int64_t n_seen(int layer) const { return n_seen_[std::size_t(layer)]; }
@@ -178,21 +183,14 @@ class KVCache {
     }
   }
 
-  /// Evicts every head of `layer` back to the budget.
+  /// Evicts every head of `layer` back to the budget (with a shared budget: the layer back to its total).
   void evict(int layer) {
     check_layer(layer);
-    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
-      Evictor<Policy>& h = heads_[index(layer, kv)];
-      Matrix& k = keys_[index(layer, kv)];
-      KeyShifter& shifter = shifters_[index(layer, kv)];
-      while (h.over_budget()) {
-        const auto eviction = h.evict_one();
-        if (!options_.rope.enabled()) continue;
-        for (int i = 0; i < eviction.n_shifted; ++i) {
-          const int slot = h.shifted_slot(i);
-          shifter.shift(options_.rope, k.row(slot).data(), h.slots().position(slot), h.slots().rotated_at(slot));
-        }
-      }
+    if constexpr (policy_traits<Policy>::shares_layer_budget) {
+      evict_shared(layer);
+    } else {
+      for (int kv = 0; kv < shape_.n_kv_heads; ++kv)
+        while (heads_[index(layer, kv)].over_budget()) evict_slot(layer, kv, heads_[index(layer, kv)].victim());
     }
   }
 
@@ -207,6 +205,57 @@ class KVCache {
                     "attention.sink_logits.size()", "n_q_heads = " + std::to_string(shape.n_q_heads),
                     options.attention.sink_logits.size());
     return shape;
+  }
+
+  // The most tokens one head holds after a step: its budget, or with a shared budget the layer's total less
+  // the floors of the other heads.
+  int head_limit(const Policy& policy, int budget) const {
+    if constexpr (!policy_traits<Policy>::shares_layer_budget) return budget;
+    const int floor = policy_traits<Policy>::head_floor(policy, budget);
+    return shape_.n_kv_heads * budget - (shape_.n_kv_heads - 1) * std::min(floor, budget);
+  }
+
+  void evict_slot(int layer, int kv, int slot) {
+    Evictor<Policy>& h = heads_[index(layer, kv)];
+    const auto eviction = h.evict(slot);
+    if (!options_.rope.enabled()) return;
+    Matrix& k = keys_[index(layer, kv)];
+    for (int i = 0; i < eviction.n_shifted; ++i) {
+      const int shifted = h.shifted_slot(i);
+      shifters_[index(layer, kv)].shift(options_.rope, k.row(shifted).data(), h.slots().position(shifted),
+                                        h.slots().rotated_at(shifted));
+    }
+  }
+
+  // AdaKV: while the layer holds more than n_kv_heads x budget, the head whose victim scores lowest gives it
+  // up (the lower head on ties); a head at its floor gives nothing. Scores do not change within a step, so
+  // each head's victim is found once and again only after it gave one up.
+  void evict_shared(int layer) {
+    const HeadContext& context = heads_[index(layer, 0)].context();
+    const int floor =
+        std::min(policy_traits<Policy>::head_floor(heads_[index(layer, 0)].policy(), context.budget), context.budget);
+    const std::int64_t total = std::int64_t(shape_.n_kv_heads) * context.budget;
+    std::int64_t held = 0;
+    auto refresh = [&](int kv) {
+      const Evictor<Policy>& h = heads_[index(layer, kv)];
+      const int slot = h.size() > floor ? h.victim() : -1;
+      candidate_[std::size_t(kv)] = slot;
+      candidate_score_[std::size_t(kv)] = slot >= 0 ? double(h.policy().score(slot)) : 0.0;
+    };
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) held += size(layer, kv);
+    if (held <= total) return;
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) refresh(kv);
+    for (; held > total; --held) {
+      int from = -1;
+      for (int kv = 0; kv < shape_.n_kv_heads; ++kv)
+        if (candidate_[std::size_t(kv)] >= 0 &&
+            (from < 0 || candidate_score_[std::size_t(kv)] < candidate_score_[std::size_t(from)]))
+          from = kv;
+      // Unreachable: a layer over its total has a head over the budget, above its floor and its protection.
+      if (from < 0) throw std::logic_error("kvevict: no head of the layer can give up a token");
+      evict_slot(layer, from, candidate_[std::size_t(from)]);
+      refresh(from);
+    }
   }
 
   std::size_t index(int layer, int kv_head) const {
@@ -270,6 +319,8 @@ class KVCache {
   std::vector<std::int64_t> query_pos_;
   std::vector<std::int64_t> n_seen_;
   std::vector<int> chunk_;
+  std::vector<int> candidate_;  // shared budget: per kv head, the slot it would give up next (-1: none)
+  std::vector<double> candidate_score_;
 };
 
 }  // namespace kvevict

@@ -7,6 +7,7 @@
 /// KV head compression (offline, pulls in Eigen's eigensolvers) is its own include, kvevict/head_merge.hpp.
 
 #include "attention.hpp"
+#include "budgets.hpp"
 #include "caches.hpp"
 #include "error.hpp"
 #include "evictor.hpp"

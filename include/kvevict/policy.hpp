@@ -24,6 +24,8 @@
 ///     template <class S> void on_append(const kvevict::TokenView<S>&);     // a token took a slot
 ///     template <class S> void observe(const kvevict::AttentionView<S>&);   // after each attention call
 ///     int layer_budget(int layer, int n_layers, int budget) const;   // a layer's own budget (a schedule)
+///     static constexpr bool shares_layer_budget = true;         // kv heads share the layer's budget (AdaKV):
+///     int head_floor(int budget) const;                         //   no head keeps fewer than this
 ///     static constexpr bool evicts = false;                     // never evicts (Dense)
 ///     static constexpr bool needs_logits = true;                // observe() wants logits as well as weights
 ///     static constexpr kvevict::PositionMode position_mode = kvevict::PositionMode::in_cache;
@@ -188,6 +190,12 @@ template <class P>
 struct position_mode_of<P, std::void_t<decltype(P::position_mode)>>
     : std::integral_constant<PositionMode, P::position_mode> {};
 
+template <class P, class = void>
+struct shares_layer_budget_flag : std::false_type {};
+template <class P>
+struct shares_layer_budget_flag<P, std::void_t<decltype(P::shares_layer_budget)>>
+    : std::bool_constant<P::shares_layer_budget> {};
+
 struct NothingMore {
   bool operator()(std::int64_t /*position*/) const { return false; }
 };
@@ -237,6 +245,15 @@ struct policy_traits {
   /// The budget of `layer`: the policy's layer_budget() if it has one, else the shape's budget.
   static int layer_budget(const P& policy, int layer, int n_layers, int budget) {
     if constexpr (detail::has_layer_budget<P>::value) return policy.layer_budget(layer, n_layers, budget);
+    return budget;
+  }
+
+  /// The kv heads of a layer share n_kv_heads x budget tokens (AdaptiveHeads) instead of budget each.
+  static constexpr bool shares_layer_budget = detail::shares_layer_budget_flag<P>::value;
+
+  /// With a shared budget, the fewest tokens a head keeps: the policy's head_floor(budget).
+  static int head_floor(const P& policy, int budget) {
+    if constexpr (shares_layer_budget) return policy.head_floor(budget);
     return budget;
   }
 

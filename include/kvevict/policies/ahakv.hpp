@@ -24,7 +24,9 @@
 ///    never flatter than the model's attention.
 ///  - AvgPool is causal with width `pool` = 5: a token's prior averages its own ||v||^2 with the four tokens
 ///    before it, known when it arrives, so the prior costs O(1) per token and never changes afterwards.
-///  - Dividing by max gamma scales every score alike, so score() leaves it out.
+///  - max gamma is taken over the tokens held when the step's attention ran (in observe(), O(budget)), so it
+///    stays fixed while that step evicts: within a head it scales every score alike, and it makes scores
+///    comparable across heads (AdaptiveHeads).
 ///  - GQA: the group's query heads are averaged into their kv head, as for H2O. Sink logits and
 ///    off-by-one do not enter the score: it is a plain (step-gain) softmax over the visible tokens.
 /// Cost per step: a second softmax over the logits, O(queries x group x budget), plus O(budget) for the
@@ -79,6 +81,7 @@ struct AhaKV {
     history_.assign(recent_accumulation ? std::size_t(window) * cap : 0, 0.0f);
     norms_.assign(std::size_t(pool), 0.0);
     n_appended_ = n_queries_ = 0;
+    max_prior_ = 1.0;
   }
 
   /// lambda_i for a query at position i - 1, clamped as documented above.
@@ -106,6 +109,10 @@ struct AhaKV {
   template <class Scalar>
   void observe(const AttentionView<Scalar>& a) {
     const int cap = a.slots.capacity;
+    max_prior_ = 0.0;
+    for (int s = 0; s < cap; ++s)
+      if (a.slots.occupied(s)) max_prior_ = std::max(max_prior_, prior_[std::size_t(s)]);
+    if (!(max_prior_ > 0.0)) max_prior_ = 1.0;  // all-zero values: every prior is 0 and the scores tie anyway
     using Weights = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
     Eigen::Map<Eigen::ArrayXf> folded(folded_.data(), cap);
     Eigen::Map<Eigen::ArrayXd> score(score_.data(), cap);
@@ -132,10 +139,10 @@ struct AhaKV {
     }
   }
 
-  /// gamma_j S_j: the paper's score times max gamma, which ranks alike (see above).
+  /// gamma_bar_j S_j, as the paper writes it.
   double score(int slot) const {
     const auto s = std::size_t(slot);
-    return value_prior ? score_[s] * prior_[s] : score_[s];
+    return value_prior ? score_[s] * (prior_[s] / max_prior_) : score_[s];
   }
   /// The raw gamma (pooled ||v||^2) of a slot.
   double prior(int slot) const { return prior_[std::size_t(slot)]; }
@@ -159,6 +166,7 @@ struct AhaKV {
   std::vector<double> score_, prior_, norms_;
   std::vector<float> step_, folded_;
   std::vector<float> history_;  // window x capacity: each recent query's folded weights, a ring by query
+  double max_prior_ = 1.0;
   std::int64_t n_appended_ = 0, n_queries_ = 0;
 };
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Turns kvevict_eval's outputs into the tables and pictures of docs/RESULTS.md.
 
-    report.py NLL.csv ATTENTION_MAP.csv OUT_DIR
+    report.py NLL.csv ATTENTION_MAP.csv OUT_DIR [COMPOSITIONS_NLL.csv]
 
-Prints markdown tables (perplexity per policy and budget; StreamingLLM by number of sinks; newline sinks)
+Prints markdown tables (perplexity per policy and budget; StreamingLLM by number of sinks; newline sinks;
+with a fourth file, the compositions and budget schedules against their base policy, paired intervals)
 and writes OUT_DIR/running_ppl.png (running perplexity against tokens, log scale: the StreamingLLM paper's
 Figure 3) and OUT_DIR/attention_sinks.png (mean attention of later queries to the first 16 tokens, per
 layer: its Figure 2).
@@ -12,10 +13,16 @@ import csv
 import math
 import sys
 
+import os
+
 import matplotlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare_runs import load as load_matrix, paired_bootstrap  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 POLICIES = [("dense", "Dense"), ("window", "Window"), ("recompute", "Sliding window + recompute"),
@@ -126,5 +133,41 @@ def main(nll_csv, map_csv, out):
     fig.savefig(f"{out}/attention_sinks.png", dpi=110)
 
 
+COMPOSED = [("h2o", "H2O", None), ("h2o+sinks", "H2O + 4 sinks", "h2o"),
+            ("pyramid-h2o", "PyramidKV budgets over H2O", "h2o"), ("adakv-h2o", "AdaKV budgets over H2O", "h2o"),
+            ("ahakv", "AhaKV", None), ("ahakv+sinks", "AhaKV + 4 sinks", "ahakv"),
+            ("pyramid-ahakv", "PyramidKV budgets over AhaKV", "ahakv"),
+            ("adakv-ahakv", "AdaKV budgets over AhaKV", "ahakv"),
+            ("l2", "L2 norm", None), ("l2+recent", "L2 norm + 32 recent", "l2"), ("streaming", "StreamingLLM", None)]
+
+
+def compositions(nll_csv):
+    """Each composition or schedule beside its base policy: perplexity, and the paired ratio to the base with a
+    95% block-bootstrap interval (blocks of 128 tokens), on the same tokens."""
+    tokens, labels, nll = load_matrix(nll_csv)
+    budgets = sorted({int(lab.split("/")[1]) for lab in labels if "/" in lab})
+    print("\nCompositions and budget schedules: perplexity, and the ratio to the base policy on the same tokens "
+          "(95% interval)\n")
+    print("| policy | " + " | ".join(f"budget {b}" for b in budgets) + " |")
+    print("|---|" + "---|" * len(budgets))
+    for key, name, base in COMPOSED:
+        cells = []
+        for b in budgets:
+            label = f"{key}/{b}"
+            if label not in labels:
+                cells.append("-")
+                continue
+            a = nll[:, labels.index(label)]
+            cell = f"{math.exp(np.nanmean(a)):.2f}"
+            if base is not None and f"{base}/{b}" in labels:
+                _, mean, lo, hi = paired_bootstrap(tokens, a, nll[:, labels.index(f"{base}/{b}")], 128, 1000, 2026)
+                mark = " lower" if hi < 0 else " higher" if lo > 0 else ""
+                cell += f" ({math.exp(mean):.3f} [{math.exp(lo):.3f}, {math.exp(hi):.3f}]{mark})"
+            cells.append(cell)
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
     main(*sys.argv[1:4])
+    if len(sys.argv) > 4:
+        compositions(sys.argv[4])

@@ -78,7 +78,9 @@ const char* const kUsage =
     "  --tokens N               text tokens to stream (default 1024)\n"
     "  --skip-chars N           start the stream N characters into the text (default 0)\n"
     "  --budgets B[,B...]       cache budgets in tokens (default 128,256,512)\n"
-    "  --policies P[,P...]      dense, window, recompute, streaming, streaming:N, streaming-nl, h2o, ahakv, l2\n"
+    "  --policies P[,P...]      dense, window, recompute, streaming, streaming:N, streaming-nl, h2o, ahakv, l2,\n"
+    "                           h2o+sinks, ahakv+sinks (4 sinks), l2+recent (32 newest), pyramid-h2o,\n"
+    "                           pyramid-ahakv (PyramidKV budgets), adakv-h2o, adakv-ahakv (AdaKV budgets)\n"
     "                           (default dense,window,recompute,streaming,h2o,ahakv,l2)\n"
     "  --dense-tokens N         dense reads only the first N tokens and then drops out (default: all)\n"
     "  --run-tokens L=N[,L=N]   run L (a label such as streaming/1024, or * for every run) reads only the\n"
@@ -279,6 +281,14 @@ std::unique_ptr<llama::SequenceCache> make(const llama::Model& m, const std::str
   if (name == "h2o") return m.make_cache<kvevict::H2O>(budget, {}, 4);
   if (name == "ahakv") return m.make_cache<kvevict::AhaKV>(budget, {}, 4);
   if (name == "l2") return m.make_cache<kvevict::L2Norm>(budget, {}, 4);
+  // Compositions and budget schedules (kvevict/policies/protected.hpp, kvevict/budgets.hpp).
+  if (name == "h2o+sinks") return m.make_cache(budget, kvevict::with_sinks(kvevict::H2O{}, 4), 4);
+  if (name == "ahakv+sinks") return m.make_cache(budget, kvevict::with_sinks(kvevict::AhaKV{}, 4), 4);
+  if (name == "l2+recent") return m.make_cache(budget, kvevict::with_recent(kvevict::L2Norm{}, 32), 4);
+  if (name == "pyramid-h2o") return m.make_cache<kvevict::Pyramid<kvevict::H2O>>(budget, {}, 4);
+  if (name == "pyramid-ahakv") return m.make_cache<kvevict::Pyramid<kvevict::AhaKV>>(budget, {}, 4);
+  if (name == "adakv-h2o") return m.make_cache<kvevict::AdaptiveHeads<kvevict::H2O>>(budget, {}, 4);
+  if (name == "adakv-ahakv") return m.make_cache<kvevict::AdaptiveHeads<kvevict::AhaKV>>(budget, {}, 4);
   if (name == "recompute") return m.make_cache<kvevict::SlidingWindowRecompute>(budget, {}, 64);
   usage("unknown policy " + name);
 }

@@ -391,3 +391,20 @@ TEST(KVCache, OffByOneAndSinkLogitReachTheKernel) {
   EXPECT_NEAR(out(0, 4), std::exp(-6.0) / (1 + std::exp(-6.0)), 1e-6);
 }
 }  // namespace
+
+namespace {
+TEST(NamedConstruction, ShapeAndHeadContextByName) {
+  constexpr auto shape =
+      kvevict::Shape{}.with_layers(30).with_q_heads(9).with_kv_heads(3).with_head_dim(64).with_budget(512);
+  static_assert(shape.n_layers == 30 && shape.n_q_heads == 9 && shape.n_kv_heads == 3 && shape.head_dim == 64 &&
+                shape.budget == 512);
+  constexpr auto head = kvevict::HeadContext{}.with_layer(2, 30).with_kv_head(1).with_budget(256).with_capacity(320);
+  static_assert(head.layer == 2 && head.n_layers == 30 && head.kv_head == 1 && head.budget == 256 &&
+                head.capacity == 320 && head.group_size == 1);
+#if __cplusplus >= 202002L
+  constexpr kvevict::Shape designated{.n_layers = 30, .n_q_heads = 9, .n_kv_heads = 3, .head_dim = 64, .budget = 512};
+  static_assert(designated.n_kv_heads == shape.n_kv_heads && designated.budget == shape.budget);
+#endif
+  EXPECT_EQ(shape.group_size(), 3);
+}
+}  // namespace

@@ -68,7 +68,7 @@ TEST(SlidingWindowRecompute, EveryTokenEqualsAFromScratchPassOverItsWindow) {
   int rebuilds = 0;
   for (int t = 0; t < kTokens; ++t) {
     // The protocol: re-prefill what the policy names into a cleared cache, then decode token t.
-    if (const auto range = cache.recompute_range(t); !range.empty()) {
+    if (const auto range = kvevict::SlidingWindowRecompute::recompute_range(t, cache.shape().budget); !range.empty()) {
       cache.clear();
       model.forward(cache, ids, range.begin, range.end);
       ++rebuilds;

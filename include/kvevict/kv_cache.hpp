@@ -70,7 +70,13 @@ class KVCache {
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
       const int budget = budgets[std::size_t(layer)], capacity = head_limit(policy, budget) + options_.max_chunk;
       for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
-        heads_.emplace_back(policy, HeadContext{layer, kv, shape_.n_layers, budget, capacity, shape_.head_dim, group});
+        heads_.emplace_back(policy, HeadContext{}
+                                        .with_layer(layer, shape_.n_layers)
+                                        .with_kv_head(kv)
+                                        .with_budget(budget)
+                                        .with_capacity(capacity)
+                                        .with_head_dim(shape_.head_dim)
+                                        .with_group_size(group));
         shifters_.emplace_back(heads_.back().pinned_prefix(), shape_.head_dim);
         keys_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
         values_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
@@ -108,13 +114,6 @@ class KVCache {
     for (auto& s : shifters_) s.clear();
     std::fill(n_seen_.begin(), n_seen_.end(), 0);
     std::fill(chunk_.begin(), chunk_.end(), 0);
-  }
-
-  /// For policies that rebuild their window (SlidingWindowRecompute): the token range of the text to
-  /// re-prefill into a clear()ed cache before the token with index `next`; see that policy's header.
-  template <class P = Policy, class = std::enable_if_t<detail::has_recompute_range<P>::value>>
-  auto recompute_range(std::int64_t next) const {
-    return P::recompute_range(next, shape_.budget);
   }
 
   /// One model step for one layer: append the chunk's keys and values, attend its queries over everything
@@ -172,12 +171,23 @@ class KVCache {
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
       Evictor<Policy>& h = heads_[index(layer, kv)];
       const std::ptrdiff_t head_offset = std::ptrdiff_t(kv) * group * d;
-      attend_group(
-          GroupAttention<Scalar>{q.data() + head_offset, queries_.outerStride(), keys_[index(layer, kv)].data(),
-                                 values_[index(layer, kv)].data(), h.slots().positions(), query_pos_.data(), t_count,
-                                 group, h.context().capacity, d, probs_.data(), logits, out.data() + head_offset,
-                                 out.outerStride(), h.slots().high_water()},
-          options_.attention, kv * group);
+      GroupAttention<Scalar> g{};
+      g.queries = q.data() + head_offset;
+      g.query_stride = queries_.outerStride();
+      g.keys = keys_[index(layer, kv)].data();
+      g.values = values_[index(layer, kv)].data();
+      g.key_pos = h.slots().positions();
+      g.query_pos = query_pos_.data();
+      g.n_queries = t_count;
+      g.group = group;
+      g.capacity = h.context().capacity;
+      g.head_dim = d;
+      g.probs = probs_.data();
+      g.logits = logits;
+      g.out = out.data() + head_offset;
+      g.out_stride = out.outerStride();
+      g.used = h.slots().high_water();
+      attend_group(g, options_.attention, kv * group);
       h.observe(AttentionView<Scalar>{probs_.data(), logits, options_.attention.scale_for(d), query_pos_.data(),
                                       t_count, group, h.view()});
     }

@@ -53,7 +53,8 @@ enum class PositionMode {
   in_cache,  ///< positions are ranks within the cache, as StreamingLLM assigns them
 };
 
-/// Which slot table a policy instance serves, and its limits.
+/// Which slot table a policy instance serves, and its limits. Named construction as for Shape:
+/// `HeadContext{}.with_budget(256).with_capacity(320).with_head_dim(64)`, or designated initialisers in C++20.
 struct HeadContext {
   int layer = 0;
   int kv_head = 0;
@@ -62,6 +63,25 @@ struct HeadContext {
   int capacity = 0;  ///< slots: budget plus the largest chunk appended at once
   int head_dim = 0;
   int group_size = 1;  ///< query heads per kv head
+
+  constexpr HeadContext with_layer(int l, int of_layers) const {
+    HeadContext c = *this;
+    c.layer = l;
+    c.n_layers = of_layers;
+    return c;
+  }
+  constexpr HeadContext with_kv_head(int h) const { return set(&HeadContext::kv_head, h); }
+  constexpr HeadContext with_budget(int n) const { return set(&HeadContext::budget, n); }
+  constexpr HeadContext with_capacity(int n) const { return set(&HeadContext::capacity, n); }
+  constexpr HeadContext with_head_dim(int n) const { return set(&HeadContext::head_dim, n); }
+  constexpr HeadContext with_group_size(int n) const { return set(&HeadContext::group_size, n); }
+
+ private:
+  constexpr HeadContext set(int HeadContext::*field, int value) const {
+    HeadContext copy = *this;
+    copy.*field = value;
+    return copy;
+  }
 };
 
 /// Tokens a policy never evicts: the first `sinks` of the stream (kept for good) and the newest `recent`.
@@ -168,11 +188,6 @@ struct has_layer_budget : std::false_type {};
 template <class P>
 struct has_layer_budget<P, std::void_t<decltype(int(std::declval<const P&>().layer_budget(0, 0, 0)))>>
     : std::true_type {};
-
-template <class P, class = void>
-struct has_recompute_range : std::false_type {};
-template <class P>
-struct has_recompute_range<P, std::void_t<decltype(P::recompute_range(std::int64_t{}, 0))>> : std::true_type {};
 
 template <class P, class = void>
 struct evicts_flag : std::true_type {};

@@ -11,12 +11,21 @@ namespace kvevict {
 /// The geometry of a cache: how many layers and heads, how wide a head, and how many tokens each
 /// (layer, kv head) keeps between steps. MHA has n_kv_heads == n_q_heads, MQA has n_kv_heads == 1,
 /// GQA anything in between that divides n_q_heads.
+///
+/// Name the fields rather than counting positions: `Shape{}.with_layers(30).with_q_heads(9).with_kv_heads(3)
+/// .with_head_dim(64).with_budget(512)` in C++17, or `Shape{.n_layers = 30, .n_q_heads = 9, ...}` in C++20.
 struct Shape {
   int n_layers = 1;
   int n_q_heads = 1;
   int n_kv_heads = 1;
   int head_dim = 64;
   int budget = 256;  ///< tokens kept per (layer, kv head) after every step
+
+  constexpr Shape with_layers(int n) const { return set(&Shape::n_layers, n); }
+  constexpr Shape with_q_heads(int n) const { return set(&Shape::n_q_heads, n); }
+  constexpr Shape with_kv_heads(int n) const { return set(&Shape::n_kv_heads, n); }
+  constexpr Shape with_head_dim(int n) const { return set(&Shape::head_dim, n); }
+  constexpr Shape with_budget(int n) const { return set(&Shape::budget, n); }
 
   /// Query heads that share one kv head.
   int group_size() const { return n_q_heads / n_kv_heads; }
@@ -30,6 +39,13 @@ struct Shape {
                     n_kv_heads);
     KVEVICT_REQUIRE(head_dim > 0, "head_dim", "> 0", head_dim);
     KVEVICT_REQUIRE(budget > 0, "budget", "> 0", budget);
+  }
+
+ private:
+  constexpr Shape set(int Shape::*field, int value) const {
+    Shape copy = *this;
+    copy.*field = value;
+    return copy;
   }
 };
 

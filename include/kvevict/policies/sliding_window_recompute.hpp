@@ -9,7 +9,8 @@
 /// at the window's first token, so the model never sees a truncated context at odd positions. The cache
 /// cannot run the model, so the protocol is the engine's, three lines per token:
 ///
-///     if (auto r = cache.recompute_range(t); !r.empty()) {   // tokens [r.begin, r.end) of the text
+///     using P = kvevict::SlidingWindowRecompute;
+///     if (auto r = P::recompute_range(t, budget); !r.empty()) {  // tokens [r.begin, r.end) of the text
 ///       cache.clear();                                        // positions restart at 0
 ///       engine.prefill(text, r.begin, r.end);                 // the usual chunked forward()
 ///     }

@@ -191,7 +191,7 @@ void tile(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* o
         const __m256 p = is_signed ? products(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(aq, wq[r]))
                                    : products(wq[r], aq);  // signed: |w| times a with w's sign
         acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d[r] * x.d), p, acc[r][c]);
-        mins[r][c] += m[r] * x.s;
+        mins[r][c] = std::fma(m[r], x.s, mins[r][c]);  // explicit: every tile shape rounds alike
       }
     }
   }

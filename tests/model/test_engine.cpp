@@ -189,6 +189,29 @@ TEST(Engine, WindowCollapsesWhileAttentionSinksHold) {
   EXPECT_EQ(caches[1]->size(29, 2), 64);
 }
 
+// Runs side by side must not depend on where they sit in the batch: the quantised products take columns in
+// tiles of two with a one-column tail, and every tile shape must round alike, or two runs of the same policy
+// (or two policies before their first eviction) would score differently. Five identical sequences (two full
+// tiles and a tail), 24 tokens each, one prefill chunk of 8 (all columns in one product), then decode.
+TEST(Engine, RunsSideBySideDoNotDependOnTheirPlaceInTheBatch) {
+  const auto& e = engine();
+  const std::vector<int> ids = e.tokenizer.encode(
+      "It is a truth universally acknowledged, that a single man in "
+      "possession of a good fortune, must be in want of a wife.");
+  ASSERT_GE(ids.size(), 24u);
+  std::vector<std::unique_ptr<llama::SequenceCache>> caches;
+  for (int i = 0; i < 5; ++i) caches.push_back(e.model.make_cache<kvevict::Dense>(32, {}, 8));
+  for (std::size_t t = 0; t < 24;) {
+    const int n = t == 0 ? 8 : 1;
+    std::vector<llama::Segment> segments;
+    for (auto& c : caches) segments.push_back({c.get(), &ids[t], n});
+    const llama::Matrix logits = e.model.forward(segments);
+    for (Eigen::Index i = 1; i < logits.rows(); ++i)
+      ASSERT_TRUE(logits.row(i) == logits.row(0)) << "sequence " << i << " at token " << t;
+    t += std::size_t(n);
+  }
+}
+
 // KV head compression on the real model: calibrated on Emma, evaluated on 256 tokens of Pride and Prejudice.
 // Merging into as many heads as before changes nothing; merging SmolLM2's 3 kv heads into 1 keeps it usable
 // by SVD and destroys it by mean pooling. Measured: original 17.96, 3->3 17.96, SVD 3->1 105.61, mean

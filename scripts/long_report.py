@@ -3,7 +3,7 @@
 
     long_report.py RUN_DIR DOCS_DIR
 
-RUN_DIR holds six_novels_nll.csv (and pride_nll.csv if run B was made). Writes DOCS_DIR/past_window.png and
+RUN_DIR holds six_novels_nll.csv (and pride_nll.csv if run B was made, long_nll.csv if run L was). Writes DOCS_DIR/past_window.png and
 DOCS_DIR/long_run.png, and prints markdown tables: perplexity per policy in 1024-token buckets starting at
 about 1K, 4K, 8K, 12K, 16K, 24K and 32K tokens, each with a 95% block-bootstrap interval; paired comparisons
 past the window (tokens 8192 onward); and the long run in buckets of 10,000 tokens.
@@ -130,12 +130,15 @@ def main(run_dir, docs):
         past_window_table(title, tokens[window], labels, nll[window])
         comparisons(title, tokens, labels, nll, CONTEXT, 32768)
 
-    if "six_novels" in data:
-        tokens, labels, nll = data["six_novels"]
+    long_csv = os.path.join(run_dir, "long_nll.csv")  # step L; older runs carried it in six_novels
+    source = load(long_csv) if os.path.exists(long_csv) else data.get("six_novels")
+    last = 0
+    if source is not None and "streaming/1024" in source[1]:
+        tokens, labels, nll = source
         j = labels.index("streaming/1024")
         scored = np.isfinite(nll[:, j])
         last = int(tokens[scored].max()) + 1
-    if "six_novels" in data and last > 50000:  # the long run (StreamingLLM at 1024 beyond the others)
+    if last > 50000:  # the long run (StreamingLLM at 1024 beyond the others)
         print(f"\n#### The long run: StreamingLLM at budget 1024 over {last - 1:,} tokens, per 10,000 tokens\n")
         print("| tokens | perplexity | 95% interval |")
         print("|---|---|---|")

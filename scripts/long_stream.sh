@@ -4,12 +4,15 @@
 #   A: the six Austen novels as one stream, from Emma: window, StreamingLLM (4 sinks), H2O and AhaKV at budgets
 #      256 and 1024 over 32,768 tokens, dense (no eviction) over 16,384 (about an hour).
 #   L: the long run: StreamingLLM at 1024 over the first 200,000 tokens of the same stream (about 40 minutes).
+#   P: H2O and AhaKV with positions within the cache (CachePositions) at 256 and 1024 over the same 32,768
+#      tokens as A, to test whether keeping keys at their original positions is what breaks them past the
+#      window (about 40 minutes).
 #   B: the same runs on Pride and Prejudice (then Sense and Sensibility), 32,768 tokens, dense over 10,240,
 #      without the long run.
 #   R: sliding window with recompute at budget 256 scored on every token of a stretch of 1024 of Persuasion
 #      (tokens 300-1323), with dense, window and StreamingLLM on exactly those tokens, and its time per token
 #      against StreamingLLM timed alone (about 20 minutes).
-# Usage: scripts/long_stream.sh [A|L|B|R|report]...   (default: A L B R report)
+# Usage: scripts/long_stream.sh [A|L|P|B|R|report]...   (default: A L P B R report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
@@ -28,11 +31,14 @@ eval_runs() {  # NAME TEXTS TOKENS RUN-TOKENS
     --compare "streaming/256,window/256;streaming/256,h2o/256;streaming/256,ahakv/256;streaming/1024,h2o/1024;streaming/1024,ahakv/1024" \
     | tee "build/long/$1.txt"
 }
-for step in "${@:-A L B R report}"; do
+for step in "${@:-A L P B R report}"; do
   for s in $step; do
     case $s in
       A) eval_runs six_novels "$six" \
            32768 'dense=16384' ;;
+      P) ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" \
+           --text "$six" --tokens 32768 --budgets 256,1024 --policies h2o-cachepos,ahakv-cachepos --bucket 1024 \
+           --csv build/long/cachepos_nll.csv | tee build/long/cachepos.txt ;;
       L) ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" \
            --text "$six" --tokens 200000 --budgets 1024 --policies streaming --bucket 10000 \
            --csv build/long/long_nll.csv | tee build/long/long.txt ;;
@@ -42,7 +48,7 @@ for step in "${@:-A L B R report}"; do
            --recompute-range 300:1024 --time-alone --bucket 512 --csv build/long/recompute_nll.csv \
            | tee build/long/recompute.txt ;;
       report) "$python" scripts/long_report.py build/long docs ;;
-      *) echo "unknown step $s (A, B, R or report)" >&2; exit 2 ;;
+      *) echo "unknown step $s (A, L, P, B, R or report)" >&2; exit 2 ;;
     esac
   done
 done

@@ -15,7 +15,8 @@ using AllPolicies =
     ::testing::Types<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM, kvevict::SlidingWindowRecompute,
                      kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm, Protected<kvevict::Window>, Protected<kvevict::H2O>,
                      Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>, kvevict::Pyramid<kvevict::H2O>,
-                     kvevict::AdaptiveHeads<kvevict::AhaKV>, kvevict::Pyramid<kvevict::AdaptiveHeads<kvevict::H2O>>>;
+                     kvevict::AdaptiveHeads<kvevict::AhaKV>, kvevict::Pyramid<kvevict::AdaptiveHeads<kvevict::H2O>>,
+                     kvevict::CachePositions<kvevict::AhaKV>>;
 
 /// Tokens all kv heads of `layer` hold together.
 template <class Cache>

@@ -146,6 +146,46 @@ TEST_P(StreamingFromScratch, EveryStepOverFiveTimesTheBudget) {
 INSTANTIATE_TEST_SUITE_P(BothLayouts, StreamingFromScratch,
                          ::testing::Values(kvevict::RopeLayout::adjacent, kvevict::RopeLayout::half_split));
 
+// Any score policy with positions within the cache: the query sees the tokens held before the step and
+// itself, each key rotated at its rank, however the policy picked them (H2O evicts from the middle).
+TEST(CachePositions, AScorePolicySeesItsKeptTokensAtTheirRanks) {
+  const Shape shape{1, 4, 2, 16, 12};
+  const int n_tokens = 400, group = shape.group_size(), d = shape.head_dim;
+  const Stream<float> stream(shape, n_tokens, 19);
+  CacheOptions options;
+  options.max_chunk = 1;
+  options.rope = kvevict::Rope(d, 10000.0);
+  kvevict::KVCache<float, kvevict::CachePositions<kvevict::Protected<kvevict::H2O>>> cache(
+      shape, kvevict::CachePositions<kvevict::Protected<kvevict::H2O>>(with_sinks(kvevict::H2O{}, 2)), options);
+  for (int t = 0; t < n_tokens; ++t) {
+    std::vector<std::vector<int>> seen(std::size_t(shape.n_kv_heads));
+    for (int kv = 0; kv < shape.n_kv_heads; ++kv) {
+      const auto& slots = cache.head(0, kv).slots();
+      for (int s = 0; s < slots.capacity(); ++s)
+        if (slots.occupied(s)) seen[std::size_t(kv)].push_back(int(slots.position(s)));
+      seen[std::size_t(kv)].push_back(t);
+      std::sort(seen[std::size_t(kv)].begin(), seen[std::size_t(kv)].end());
+    }
+    MatrixF out(1, shape.n_q_heads * d);
+    cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+    for (int h = 0; h < shape.n_q_heads; ++h) {
+      const auto& ranks = seen[std::size_t(h / group)];
+      std::vector<ref::Vec> keys, values;
+      for (std::size_t rank = 0; rank < ranks.size(); ++rank) {
+        keys.push_back(ref::rope(head_row(stream.k[0], ranks[rank], h / group, d), double(rank), 10000.0,
+                                 kvevict::RopeLayout::adjacent));
+        values.push_back(head_row(stream.v[0], ranks[rank], h / group, d));
+      }
+      const ref::Vec q =
+          ref::rope(head_row(stream.q[0], t, h, d), double(ranks.size() - 1), 10000.0, kvevict::RopeLayout::adjacent);
+      const ref::Vec expected =
+          ref::attention(q, keys, values, 1.0 / std::sqrt(double(d)), kvevict::Normalization::softmax);
+      for (int i = 0; i < d; ++i)
+        ASSERT_LE(relative_error(out(0, h * d + i), expected[std::size_t(i)]), 1e-5) << "step " << t << " head " << h;
+    }
+  }
+}
+
 TEST(StreamingLLM, OnlySinkRowsAreReRotated) {
   const Shape shape{1, 2, 1, 8, 10};
   CacheOptions options;

@@ -80,7 +80,8 @@ const char* const kUsage =
     "  --budgets B[,B...]       cache budgets in tokens (default 128,256,512)\n"
     "  --policies P[,P...]      dense, window, recompute, streaming, streaming:N, streaming-nl, h2o, ahakv, l2,\n"
     "                           h2o+sinks, ahakv+sinks (4 sinks), l2+recent (32 newest), pyramid-h2o,\n"
-    "                           pyramid-ahakv (PyramidKV budgets), adakv-h2o, adakv-ahakv (AdaKV budgets)\n"
+    "                           pyramid-ahakv (PyramidKV budgets), adakv-h2o, adakv-ahakv (AdaKV budgets),\n"
+    "                           h2o-cachepos, ahakv-cachepos (positions within the cache)\n"
     "                           (default dense,window,recompute,streaming,h2o,ahakv,l2)\n"
     "  --dense-tokens N         dense reads only the first N tokens and then drops out (default: all)\n"
     "  --run-tokens L=N[,L=N]   run L (a label such as streaming/1024, or * for every run) reads only the\n"
@@ -289,6 +290,8 @@ std::unique_ptr<llama::SequenceCache> make(const llama::Model& m, const std::str
   if (name == "pyramid-ahakv") return m.make_cache<kvevict::Pyramid<kvevict::AhaKV>>(budget, {}, 4);
   if (name == "adakv-h2o") return m.make_cache<kvevict::AdaptiveHeads<kvevict::H2O>>(budget, {}, 4);
   if (name == "adakv-ahakv") return m.make_cache<kvevict::AdaptiveHeads<kvevict::AhaKV>>(budget, {}, 4);
+  if (name == "h2o-cachepos") return m.make_cache<kvevict::CachePositions<kvevict::H2O>>(budget, {}, 4);
+  if (name == "ahakv-cachepos") return m.make_cache<kvevict::CachePositions<kvevict::AhaKV>>(budget, {}, 4);
   if (name == "recompute") return m.make_cache<kvevict::SlidingWindowRecompute>(budget, {}, 64);
   usage("unknown policy " + name);
 }

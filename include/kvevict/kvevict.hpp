@@ -13,6 +13,7 @@
 #include "evictor.hpp"
 #include "kv_cache.hpp"
 #include "policies/ahakv.hpp"
+#include "policies/cache_positions.hpp"
 #include "policies/dense.hpp"
 #include "policies/h2o.hpp"
 #include "policies/l2_norm.hpp"

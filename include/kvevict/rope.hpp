@@ -77,12 +77,13 @@ class Rope {
 /// Moves kept keys one position on when a token leaves, in PositionMode::in_cache (rule 3 of Evictor).
 ///
 /// Turning a stored row by +1 rounds it to its Scalar each time. The first tokens a policy keeps for good
-/// (its pinned_prefix(): StreamingLLM's sinks) move once per token for the whole stream, and those roundings
-/// add up linearly: 7e-4 after a million tokens in float. So the shifter keeps their keys in double,
+/// (the sinks it declares: StreamingLLM's, or any policy's with_sinks) move once per token for the whole stream, and
+/// those roundings add up linearly: 7e-4 after a million tokens in float. So the shifter keeps their keys in double,
 /// unrotated and rotated, turns the double copy by +1 and stores it rounded once; every kExactEvery shifts it
 /// rotates the unrotated key afresh, so double round-off cannot pile up either. A pinned key stays within one
-/// rounding of its rotation computed in double, however long the stream. Other keys (StreamingLLM never
-/// shifts its window) are turned in place. Memory: 2 x pinned x head_dim doubles, allocated at construction.
+/// rounding of its rotation computed in double, however long the stream. Other keys are turned in place
+/// (StreamingLLM never shifts its window; CachePositions<H2O> shifts the heavy hitters older than a victim). Memory: 2
+/// x pinned x head_dim doubles, allocated at construction.
 class KeyShifter {
  public:
   /// Shifts between fresh rotations: the double round-off of this many +1 turns (~1e-12 relative) is far
@@ -90,7 +91,7 @@ class KeyShifter {
   static constexpr std::int64_t kExactEvery = 4096;
 
   KeyShifter() = default;
-  /// @param pinned how many first tokens of the stream are kept for good (policy_traits::pinned_prefix)
+  /// @param pinned how many first tokens of the stream are kept for good (Evictor::pinned_prefix)
   KeyShifter(int pinned, int head_dim) : pinned_(pinned), head_dim_(head_dim) {
     KVEVICT_REQUIRE(pinned >= 0, "pinned_prefix", ">= 0", pinned);
     unrotated_.assign(std::size_t(pinned) * std::size_t(head_dim), 0.0);

@@ -161,6 +161,21 @@ TEST(ExternalStore, AUserPolicyPlugsIntoKVCache) {
   EXPECT_EQ(kept, (std::vector<std::int64_t>{0, 1, 9}));
 }
 
+TEST(ExternalStore, EvictorPreconditionsAreChecked) {
+  kvevict::Evictor<kvevict::Window> e(kvevict::Window{}, kvevict::HeadContext{}.with_budget(2).with_capacity(3));
+  const float row[4] = {1, 1, 1, 1};
+  e.admit(0, row, row);
+  EXPECT_THROW(e.admit(0, row, row), kvevict::InvalidArgument);  // positions must increase
+  e.admit(1, row, row);
+  e.admit(2, row, row);
+  EXPECT_EQ(e.next_free_slot(), -1);
+  EXPECT_THROW(e.admit(3, row, row), kvevict::InvalidArgument);  // full: evict first
+  EXPECT_EQ(e.size(), 3);
+  e.evict_one();
+  e.admit(3, row, row);
+  EXPECT_EQ(e.size(), 3);
+}
+
 struct BrokenPolicy {
   int select(const kvevict::SlotView&) const { return 1000; }
 };

@@ -321,6 +321,24 @@ std::string error_of(Fn&& fn) {
   return "no error";
 }
 
+TEST(BadInput, AccessorsCheckTheLayerAndTheKvHead) {
+  const kvevict::H2OCache cache(Shape{2, 4, 2, 8, 8});
+  EXPECT_NE(error_of([&] { cache.n_seen(5); }).find("layer: expected in [0, n_layers = 2), got 5"), std::string::npos);
+  EXPECT_NE(error_of([&] { cache.size(0, 2); }).find("kv_head: expected in [0, n_kv_heads = 2), got 2"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { cache.head(-1, 0); }).find("layer"), std::string::npos);
+  EXPECT_NE(error_of([&] { cache.keys(1, -1); }).find("kv_head"), std::string::npos);
+  EXPECT_NE(error_of([&] { cache.values(2, 0); }).find("layer"), std::string::npos);
+  EXPECT_NE(error_of([&] { cache.capacity(2); }).find("layer"), std::string::npos);
+  EXPECT_EQ(error_of([&] { cache.size(1, 1); }), "no error");
+}
+
+TEST(BadInput, ReferenceAttentionRejectsNoQueryHeads) {
+  const MatrixF x = MatrixF::Ones(1, 8);
+  EXPECT_NE(error_of([&] { kvevict::attention<float>(x, x, x, {0}, {0}, 0, 1); }).find("n_q_heads: expected > 0"),
+            std::string::npos);
+}
+
 TEST(BadInput, ShapeErrorsNameTheParameter) {
   EXPECT_NE(error_of([] { kvevict::DenseCache c(Shape{1, 6, 4, 8, 8}); }).find("n_kv_heads"), std::string::npos);
   EXPECT_NE(error_of([] { kvevict::DenseCache c(Shape{0, 1, 1, 8, 8}); }).find("n_layers"), std::string::npos);

@@ -110,6 +110,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> attention
     const std::vector<std::int64_t>& query_pos, const std::vector<std::int64_t>& key_pos, int n_q_heads, int n_kv_heads,
     const AttentionOptions& options = {}) {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  KVEVICT_REQUIRE(n_q_heads > 0, "n_q_heads", "> 0", n_q_heads);
   KVEVICT_REQUIRE(n_kv_heads > 0 && n_q_heads % n_kv_heads == 0, "n_kv_heads",
                   "a positive divisor of n_q_heads = " + std::to_string(n_q_heads), n_kv_heads);
   KVEVICT_REQUIRE(queries.cols() % n_q_heads == 0, "queries.cols()", "a multiple of n_q_heads", queries.cols());
@@ -130,20 +131,21 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> attention
   Matrix probs(std::ptrdiff_t(t_count) * group, n);
   for (int kv = 0; kv < n_kv_heads; ++kv) {
     Matrix k = keys.middleCols(Eigen::Index(kv) * d, d), v = values.middleCols(Eigen::Index(kv) * d, d);
-    GroupAttention<Scalar> a{queries.data() + std::ptrdiff_t(kv) * group * d,
-                             queries.outerStride(),
-                             k.data(),
-                             v.data(),
-                             key_pos.data(),
-                             query_pos.data(),
-                             t_count,
-                             group,
-                             n,
-                             d,
-                             probs.data(),
-                             nullptr,
-                             out.data() + std::ptrdiff_t(kv) * group * d,
-                             out.outerStride()};
+    GroupAttention<Scalar> a{};
+    a.queries = queries.data() + std::ptrdiff_t(kv) * group * d;
+    a.query_stride = queries.outerStride();
+    a.keys = k.data();
+    a.values = v.data();
+    a.key_pos = key_pos.data();
+    a.query_pos = query_pos.data();
+    a.n_queries = t_count;
+    a.group = group;
+    a.capacity = n;
+    a.head_dim = d;
+    a.probs = probs.data();
+    a.logits = nullptr;
+    a.out = out.data() + std::ptrdiff_t(kv) * group * d;
+    a.out_stride = out.outerStride();
     attend_group(a, options, kv * group);
   }
   return out;

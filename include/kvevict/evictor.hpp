@@ -77,13 +77,18 @@ class Evictor {
   /// How many first tokens of the stream are kept for good (the declared sinks; see KeyShifter).
   int pinned_prefix() const { return protect_.sinks; }
 
-  /// The slot the next admit() fills. @pre size() < capacity
-  int next_free_slot() const { return slots_.next_free(); }
+  /// The slot the next admit() fills; -1 when the table is full.
+  int next_free_slot() const { return slots_.full() ? -1 : slots_.next_free(); }
 
   /// Records a token whose rows are already stored at next_free_slot(). O(1) plus the policy's on_append.
-  /// @pre positions are admitted in increasing order; size() < capacity
+  /// @throws InvalidArgument when no slot is free or `position` is not after the newest admitted.
   template <class Scalar>
   int admit(std::int64_t position, const Scalar* key, const Scalar* value) {
+    KVEVICT_REQUIRE(
+        !slots_.full(), "admit",
+        "a free slot (capacity = " + std::to_string(slots_.capacity()) + "; evict_one() while over_budget() first)",
+        "a full table");
+    KVEVICT_REQUIRE(position > newest_, "position", "> the newest admitted, " + std::to_string(newest_), position);
     const int slot = slots_.insert(position);
     newest_ = position;
     if constexpr (kKeepsOrder) order_.push_back(slot);

@@ -98,15 +98,18 @@ class KVCache {
   const CacheOptions& options() const { return options_; }
   /// Slots of each head of `layer`: the most it may hold after a step (its budget, or with a budget shared
   /// across heads what the others' floors leave) plus max_chunk.
-  int capacity(int layer = 0) const { return heads_[index(layer, 0)].context().capacity; }
+  int capacity(int layer = 0) const { return heads_[checked(layer, 0)].context().capacity; }
   /// Tokens appended to `layer` so far; the next one gets this position.
-  std::int64_t n_seen(int layer) const { return n_seen_[std::size_t(layer)]; }
+  std::int64_t n_seen(int layer) const {
+    check_layer(layer);
+    return n_seen_[std::size_t(layer)];
+  }
   /// Tokens held by (layer, kv_head).
   int size(int layer, int kv_head) const { return head(layer, kv_head).size(); }
-  const Evictor<Policy>& head(int layer, int kv_head) const { return heads_[index(layer, kv_head)]; }
+  const Evictor<Policy>& head(int layer, int kv_head) const { return heads_[checked(layer, kv_head)]; }
   /// All `capacity()` key rows of (layer, kv_head); rows of free slots are stale.
-  const Matrix& keys(int layer, int kv_head) const { return keys_[index(layer, kv_head)]; }
-  const Matrix& values(int layer, int kv_head) const { return values_[index(layer, kv_head)]; }
+  const Matrix& keys(int layer, int kv_head) const { return keys_[checked(layer, kv_head)]; }
+  const Matrix& values(int layer, int kv_head) const { return values_[checked(layer, kv_head)]; }
 
   /// Forgets every token of every layer; the next append is at position 0 again. Allocates nothing.
   void clear() {
@@ -270,6 +273,14 @@ class KVCache {
 
   std::size_t index(int layer, int kv_head) const {
     return std::size_t(layer) * std::size_t(shape_.n_kv_heads) + std::size_t(kv_head);
+  }
+
+  // index() for a layer and kv head given by the caller. @throws InvalidArgument naming the one out of range
+  std::size_t checked(int layer, int kv_head) const {
+    check_layer(layer);
+    KVEVICT_REQUIRE(kv_head >= 0 && kv_head < shape_.n_kv_heads, "kv_head",
+                    "in [0, n_kv_heads = " + std::to_string(shape_.n_kv_heads) + ")", kv_head);
+    return index(layer, kv_head);
   }
 
   void check_layer(int layer) const {

@@ -325,16 +325,7 @@ TEST(Composition, WithSinksKeepsTheFirstTokensOfAnyPolicy) {
 }
 
 TEST(Composition, WithSinksOnWindowIsStreamingLlmWithoutThePositionShift) {
-  const kvevict::Shape shape{1, 2, 1, 8, 10};
-  const testing_support::Stream<float> stream(shape, 60, 52);
-  kvevict::KVCache<float, kvevict::Protected<kvevict::Window>> composed(shape, with_sinks(kvevict::Window{}, 3));
-  kvevict::StreamingCache streaming(shape, kvevict::StreamingLLM{3});
-  MatrixF out(1, 16);
-  for (int t = 0; t < 60; ++t) {
-    composed.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
-    streaming.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
-    ASSERT_EQ(kept(composed, 0, 0), kept(streaming, 0, 0)) << "step " << t;
-  }
+  expect_same_kept_sets(with_sinks(kvevict::Window{}, 3), kvevict::StreamingLLM{3}, 52);
 }
 
 TEST(Composition, ProtectionIsTheUnionAndComesOutOfTheBudget) {

@@ -37,7 +37,7 @@ struct Stream {
 /// Everything observable about a cache; equal snapshots mean nothing changed.
 template <class Cache>
 struct Snapshot {
-  std::vector<typename Cache::Matrix> keys, values;
+  std::vector<typename Cache::StoredMatrix> keys, values;
   std::vector<std::vector<std::int64_t>> positions, rotated_at;
   std::vector<std::int64_t> n_seen;
 

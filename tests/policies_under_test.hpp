@@ -11,12 +11,55 @@ namespace testing_support {
 
 using kvevict::Protected;
 
-using AllPolicies =
-    ::testing::Types<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM, kvevict::SlidingWindowRecompute,
-                     kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm, Protected<kvevict::Window>, Protected<kvevict::H2O>,
-                     Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>, kvevict::Pyramid<kvevict::H2O>,
-                     kvevict::AdaptiveHeads<kvevict::AhaKV>, kvevict::Pyramid<kvevict::AdaptiveHeads<kvevict::H2O>>,
-                     kvevict::CachePositions<kvevict::AhaKV>>;
+/// One cache type of the typed suites: a policy over a storage type.
+template <class Storage, class Policy>
+struct Case {
+  using storage = Storage;
+  using policy = Policy;
+  using cache = kvevict::KVCache<Storage, Policy>;
+};
+
+namespace detail {
+template <class... T>
+struct List {};
+template <class... Lists>
+struct Concat;
+template <class... A>
+struct Concat<List<A...>> {
+  using type = List<A...>;
+};
+template <class... A, class... B, class... Rest>
+struct Concat<List<A...>, List<B...>, Rest...> : Concat<List<A..., B...>, Rest...> {};
+template <class Storage, class Policies>
+struct Row;
+template <class Storage, class... P>
+struct Row<Storage, List<P...>> {
+  using type = List<Case<Storage, P>...>;
+};
+template <class Storages, class Policies>
+struct Product;
+template <class... S, class Policies>
+struct Product<List<S...>, Policies> : Concat<typename Row<S, Policies>::type...> {};
+template <class L>
+struct AsTypes;
+template <class... T>
+struct AsTypes<List<T...>> {
+  using type = ::testing::Types<T...>;
+};
+
+using Policies = List<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM, kvevict::SlidingWindowRecompute,
+                      kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm, Protected<kvevict::Window>,
+                      Protected<kvevict::H2O>, Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>,
+                      kvevict::Pyramid<kvevict::H2O>, kvevict::AdaptiveHeads<kvevict::AhaKV>,
+                      kvevict::Pyramid<kvevict::AdaptiveHeads<kvevict::H2O>>, kvevict::CachePositions<kvevict::AhaKV>>;
+using Storages = List<float, double, Eigen::half, Eigen::bfloat16>;
+}  // namespace detail
+
+using AllPolicies = detail::AsTypes<detail::Policies>::type;
+/// The types K and V can be stored in.
+using AllStorages = detail::AsTypes<detail::Storages>::type;
+/// Every policy over every storage type.
+using AllCases = detail::AsTypes<detail::Product<detail::Storages, detail::Policies>::type>::type;
 
 /// Tokens all kv heads of `layer` hold together.
 template <class Cache>

@@ -31,20 +31,21 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
-template <class Policy>
+template <class Case>
 class SteadyState : public ::testing::Test {};
-TYPED_TEST_SUITE(SteadyState, testing_support::AllPolicies);
+TYPED_TEST_SUITE(SteadyState, testing_support::AllCases);
 
 TYPED_TEST(SteadyState, ThousandDecodeStepsAllocateNothing) {
-  using Cache = kvevict::KVCache<float, TypeParam>;
+  using Cache = typename TypeParam::cache;
+  using Policy = typename TypeParam::policy;
   constexpr int kSteps = 1000, kFill = 64;
-  const bool evicts = kvevict::policy_traits<TypeParam>::evicts;
+  const bool evicts = kvevict::policy_traits<Policy>::evicts;
   const kvevict::Shape s{2, 6, 2, 16, evicts ? kFill : kFill + kSteps};
   kvevict::CacheOptions o;
   o.max_chunk = 8;
   o.rope = kvevict::Rope(s.head_dim, 10000.0);
-  Cache cache(s, testing_support::make_policy<TypeParam>(), o);
-  const testing_support::Stream<float> stream(s, kFill + kSteps, 6);
+  Cache cache(s, testing_support::make_policy<Policy>(), o);
+  const testing_support::Stream<typename Cache::Scalar> stream(s, kFill + kSteps, 6);
   typename Cache::Matrix out(8, s.n_q_heads * s.head_dim);
   auto step = [&](int t, int chunk) {
     for (int l = 0; l < s.n_layers; ++l)

@@ -4,7 +4,10 @@
 #include <kvevict/attention.hpp>
 #include <kvevict/error.hpp>
 #include <kvevict/slots.hpp>
+#include <kvevict/storage.hpp>
 #include <random>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "reference.hpp"
@@ -141,3 +144,124 @@ TEST(Attention, SkippingKnownFreeSlotsChangesNothing) {
     EXPECT_EQ(logits_used, logits_all);
   }
 }
+
+namespace {
+// The kernel over K/V kept in each storage type, computing in its compute type.
+template <class Storage>
+class StoredKernel : public ::testing::Test {
+ protected:
+  using Scalar = kvevict::compute_type_t<Storage>;
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using StoredRows = Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  static constexpr int kGroup = 3, kQueries = 2, kSlots = 203;  // blocks of 32 and a ragged last one
+
+  // One group over kSlots slots; slot 7 is free and the last query is causally short of the last 3 keys.
+  struct Setup {
+    Rows q, k, v;  // k, v exact (before rounding to Storage)
+    StoredRows k_stored, v_stored;
+    std::vector<std::int64_t> key_pos, query_pos;
+  };
+  static Setup make(int d, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<double> dist(0.0, 1.0);
+    auto random = [&](int rows, int cols) {
+      Rows m(rows, cols);
+      for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = Scalar(dist(rng));
+      return m;
+    };
+    Setup s{random(kQueries, kGroup * d), random(kSlots, d), random(kSlots, d), {}, {}, {}, {}};
+    s.k_stored = s.k.template cast<Storage>();
+    s.v_stored = s.v.template cast<Storage>();
+    for (int j = 0; j < kSlots; ++j) s.key_pos.push_back(j == 7 ? kvevict::kFreeSlot : j);
+    s.query_pos = {kSlots - 4, kSlots - 1};
+    return s;
+  }
+  static Rows run(const Setup& s, int d) {
+    Rows out(kQueries, kGroup * d), probs(kQueries * kGroup, kSlots);
+    kvevict::GroupAttention<Scalar, Storage> g{};
+    g.queries = s.q.data();
+    g.query_stride = s.q.cols();
+    g.keys = s.k_stored.data();
+    g.values = s.v_stored.data();
+    g.key_pos = s.key_pos.data();
+    g.query_pos = s.query_pos.data();
+    g.n_queries = kQueries;
+    g.group = kGroup;
+    g.capacity = kSlots;
+    g.head_dim = d;
+    g.probs = probs.data();
+    g.logits = nullptr;
+    g.out = out.data();
+    g.out_stride = out.cols();
+    kvevict::attend_group(g, kvevict::AttentionOptions{});
+    return out;
+  }
+  // The attention in double of query row (t, h) over the given rows.
+  template <class KRows, class VRows>
+  static ref::Vec exact(const Setup& s, const KRows& k, const VRows& v, int t, int h, int d) {
+    std::vector<ref::Vec> keys, values;
+    ref::Vec query(std::size_t(d), 0.0);
+    for (int i = 0; i < d; ++i) query[std::size_t(i)] = double(s.q(t, h * d + i));
+    for (int j = 0; j < kSlots; ++j) {
+      if (s.key_pos[std::size_t(j)] < 0 || s.key_pos[std::size_t(j)] > s.query_pos[std::size_t(t)]) continue;
+      ref::Vec kj(static_cast<std::size_t>(d)), vj(static_cast<std::size_t>(d));
+      for (int i = 0; i < d; ++i) {
+        kj[std::size_t(i)] = double(k(j, i));
+        vj[std::size_t(i)] = double(v(j, i));
+      }
+      keys.push_back(kj);
+      values.push_back(vj);
+    }
+    return ref::attention(query, keys, values, 1.0 / std::sqrt(double(d)), Normalization::softmax);
+  }
+};
+
+using AllStorages = ::testing::Types<float, double, Eigen::half, Eigen::bfloat16>;
+TYPED_TEST_SUITE(StoredKernel, AllStorages);
+
+TYPED_TEST(StoredKernel, IsTheAttentionOfTheStoredValues) {
+  // Widening inside the kernel adds no error of its own: the output is the attention of exactly the stored
+  // (rounded) K and V, to the compute type's rounding. Head widths 64 and 128 and 512 (16 rows per tile).
+  using Fixture = TestFixture;
+  const double compute_eps = std::is_same_v<typename Fixture::Scalar, double> ? 1e-13 : 3e-6;
+  for (int d : {64, 128, 512}) {
+    const auto s = Fixture::make(d, 21);
+    const auto out = Fixture::run(s, d);
+    for (int t = 0; t < Fixture::kQueries; ++t)
+      for (int h = 0; h < Fixture::kGroup; ++h) {
+        const ref::Vec e = Fixture::exact(s, s.k_stored, s.v_stored, t, h, d);
+        for (int i = 0; i < d; ++i)
+          ASSERT_NEAR(double(out(t, h * d + i)), e[std::size_t(i)], compute_eps * (1 + std::abs(e[std::size_t(i)])))
+              << "head_dim " << d << " query " << t << " head " << h << " column " << i;
+      }
+  }
+}
+
+TYPED_TEST(StoredKernel, StaysWithinTheStorageRoundingOfExactAttention) {
+  // Rounding each stored value to relative u moves a logit by at most scale * |q| * u * |k|, so the
+  // weights by at most 2 * that in total (L1), and the output by that times max|v| plus u * max|v| from V
+  // itself. That bound doubled (the first-order terms are not the whole story for bfloat16's large u), plus
+  // 100 roundings of the compute type for the sums of ~200 terms, must hold for every output.
+  using Fixture = TestFixture;
+  const double u = kvevict::storage_traits<TypeParam>::unit_roundoff;
+  const double compute_u = kvevict::storage_traits<typename Fixture::Scalar>::unit_roundoff;
+  const int d = 64;
+  const auto s = Fixture::make(d, 22);
+  const auto out = Fixture::run(s, d);
+  const double scale = 1.0 / std::sqrt(double(d));
+  const double max_k = s.k.rowwise().norm().maxCoeff(), max_v = s.v.cwiseAbs().maxCoeff();
+  double worst = 0.0;
+  for (int t = 0; t < Fixture::kQueries; ++t)
+    for (int h = 0; h < Fixture::kGroup; ++h) {
+      const double q_norm = s.q.row(t).segment(h * d, d).norm();
+      const double bound = (2.0 * (2.0 * scale * q_norm * max_k * u + u) + 100.0 * compute_u) * max_v;
+      const ref::Vec e = Fixture::exact(s, s.k, s.v, t, h, d);
+      for (int i = 0; i < d; ++i) {
+        const double error = std::abs(double(out(t, h * d + i)) - e[std::size_t(i)]);
+        worst = std::max(worst, error / bound);
+        ASSERT_LE(error, bound) << "query " << t << " head " << h << " column " << i;
+      }
+    }
+  this->RecordProperty("worst_error_over_bound", std::to_string(worst));
+}
+}  // namespace

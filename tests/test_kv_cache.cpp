@@ -257,10 +257,12 @@ SinkKey stream_after_sink(Cache& cache, const typename Cache::Matrix& sink, long
   return key;
 }
 
+enum class Stored { f32, f64, f16, bf16 };
+
 struct SinkCase {
   const char* name;
   kvevict::RopeLayout layout;
-  bool double_storage;
+  Stored storage;
 };
 void PrintTo(const SinkCase& c, std::ostream* os) { *os << c.name; }
 
@@ -271,30 +273,47 @@ TEST_P(SinkKeyOverLongStreams, StaysOnItsExactRotation) {
   const SinkCase c = GetParam();
   std::mt19937 rng(99);
   SinkKey key{};
-  if (c.double_storage) {
-    auto cache = sink_cache<double>(c.layout);
-    key = stream_after_sink(cache, testing_support::random_matrix<decltype(cache)::Matrix>(rng, 1, kSinkDim), kSteps);
-  } else {
-    auto cache = sink_cache<float>(c.layout);
-    key = stream_after_sink(cache, testing_support::random_matrix<MatrixF>(rng, 1, kSinkDim), kSteps);
+  double unit_roundoff = 0.0;
+  auto run = [&](auto storage) {
+    using Storage = decltype(storage);
+    auto cache = sink_cache<Storage>(c.layout);
+    key = stream_after_sink(cache, testing_support::random_matrix<typename decltype(cache)::Matrix>(rng, 1, kSinkDim),
+                            kSteps);
+    unit_roundoff = kvevict::storage_traits<Storage>::unit_roundoff;
+  };
+  switch (c.storage) {
+    case Stored::f32:
+      run(float{});
+      break;
+    case Stored::f64:
+      run(double{});
+      break;
+    case Stored::f16:
+      run(Eigen::half{});
+      break;
+    case Stored::bf16:
+      run(Eigen::bfloat16{});
+      break;
   }
   EXPECT_EQ(key.rotated_at, kSteps - kSinkBudget);  // the newest token sits budget - 1 ranks after the sink
   // The bound, from the arithmetic. Reference and cache both round the angle P * theta_i to double (up to
   // P * 2^-53 rad each at position P), and the cache's double copy adds the round-off of at most
   // kExactEvery +1 turns (a few 2^-53 each) since its last fresh rotation: DBL_EPSILON * (P + 4 kExactEvery)
-  // of m in all, 2e-10 m at P = 1M. A double cache stores that copy as it is. A float cache rounds it once,
-  // at most 2^-24 m off (half an ulp of m); the bound FLT_EPSILON * m, one ulp, covers both.
+  // of m in all, 2e-10 m at P = 1M. A double cache stores that copy as it is. A float or 16-bit cache rounds
+  // it once, at most u m off (u: the storage's unit round-off, half an ulp of m); the bound 2 u m covers both.
   const double in_double = DBL_EPSILON * double(key.rotated_at + 4 * kvevict::KeyShifter::kExactEvery) * key.magnitude;
-  const double bound = c.double_storage ? in_double : FLT_EPSILON * key.magnitude;
+  const double bound = c.storage == Stored::f64 ? in_double : 2.0 * unit_roundoff * key.magnitude;
   EXPECT_LE(key.largest_error, bound);
   std::printf("%s sink key after %ld tokens: largest error %.2g (bound %.2g; key magnitude %.2f)\n", c.name, kSteps,
               key.largest_error, bound, key.magnitude);
 }
 
-INSTANTIATE_TEST_SUITE_P(FloatAndDouble, SinkKeyOverLongStreams,
-                         ::testing::Values(SinkCase{"float_adjacent", kvevict::RopeLayout::adjacent, false},
-                                           SinkCase{"float_half_split", kvevict::RopeLayout::half_split, false},
-                                           SinkCase{"double_adjacent", kvevict::RopeLayout::adjacent, true}),
+INSTANTIATE_TEST_SUITE_P(EveryStorage, SinkKeyOverLongStreams,
+                         ::testing::Values(SinkCase{"float_adjacent", kvevict::RopeLayout::adjacent, Stored::f32},
+                                           SinkCase{"float_half_split", kvevict::RopeLayout::half_split, Stored::f32},
+                                           SinkCase{"double_adjacent", kvevict::RopeLayout::adjacent, Stored::f64},
+                                           SinkCase{"half_adjacent", kvevict::RopeLayout::adjacent, Stored::f16},
+                                           SinkCase{"bfloat16_adjacent", kvevict::RopeLayout::adjacent, Stored::bf16}),
                          [](const ::testing::TestParamInfo<SinkCase>& c) { return std::string(c.param.name); });
 
 TEST(StreamingLLM, ClearForgetsTheSinkKeys) {
@@ -420,6 +439,29 @@ TEST_F(BadInputLeavesCacheUnchanged, NonFiniteValues) {
   expect_rejected([&] { cache.forward(0, q, bad_k, v, out); }, "keys");
   expect_rejected([&] { cache.forward(0, q, k, bad_v, out); }, "values");
   expect_rejected([&] { cache.forward(1, bad_q, k, v, out); }, "queries");
+}
+
+TEST(BadInput, HalfStorageRejectsKeysBeyondItsRangeWhenCheckingFinite) {
+  // 65504 is the largest half: a key of 70000 would be stored as infinity. With check_finite the append is
+  // refused, naming the range, and the cache is untouched; bfloat16 has float's range and takes it.
+  CacheOptions o;
+  o.check_finite = true;
+  const Shape s{1, 2, 1, 8, 4};
+  kvevict::KVCache<Eigen::half, kvevict::Window> cache(s, {}, o);
+  MatrixF q = MatrixF::Zero(1, 16), k = MatrixF::Zero(1, 8), v = MatrixF::Zero(1, 8), out(1, 16);
+  cache.forward(0, q, k, v, out);
+  const Snapshot<decltype(cache)> before(cache);
+  k(0, 2) = 70000.0f;
+  try {
+    cache.forward(0, q, k, v, out);
+    FAIL() << "a key beyond the range of half was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("keys: expected |x| <= 65504, the range of f16 storage"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(before == Snapshot<decltype(cache)>(cache));
+  kvevict::KVCache<Eigen::bfloat16, kvevict::Window> wide(s, {}, o);
+  EXPECT_NO_THROW(wide.forward(0, q, k, v, out));
 }
 
 TEST(BadInput, DenseRefusesToGrowPastItsBudgetAndStaysIntact) {

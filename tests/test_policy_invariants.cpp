@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// The invariants every policy keeps, checked for each one through the same cache and the same streams.
+// The invariants every policy keeps, checked for each one through the same cache and the same streams, with
+// K/V stored in each storage type.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,11 +15,14 @@ using kvevict::CacheOptions;
 using kvevict::Shape;
 using testing_support::Stream;
 
-template <class Policy>
+template <class Case>
 class PolicyInvariants : public ::testing::Test {
  protected:
-  using Cache = kvevict::KVCache<float, Policy>;
+  using Policy = typename Case::policy;
+  using Storage = typename Case::storage;
+  using Cache = typename Case::cache;
   using Matrix = typename Cache::Matrix;
+  using Scalar = typename Cache::Scalar;
   static constexpr int kTokens = 96;
 
   // A policy that never evicts is given room for the whole stream.
@@ -28,7 +32,7 @@ class PolicyInvariants : public ::testing::Test {
 
   /// Streams kTokens through the cache (a prefill chunk, then decode) and calls check(t) after each step.
   template <class Check>
-  static void run(Cache& cache, const Stream<float>& stream, Check&& check, int prefill = 5) {
+  static void run(Cache& cache, const Stream<Scalar>& stream, Check&& check, int prefill = 5) {
     const Shape& s = cache.shape();
     int t = 0;
     while (t < kTokens) {
@@ -50,17 +54,17 @@ class PolicyInvariants : public ::testing::Test {
   }
 };
 
-TYPED_TEST_SUITE(PolicyInvariants, testing_support::AllPolicies);
+TYPED_TEST_SUITE(PolicyInvariants, testing_support::AllCases);
 
 TYPED_TEST(PolicyInvariants, NeverHoldsMoreThanTheBudget) {
   // Each head holds at most its layer's budget; heads that share the layer's total hold at most that total
   // together, never fewer than the floor each once the layer is full, and the layer's total exactly.
   using CacheT = typename TestFixture::Cache;
-  using Traits = kvevict::policy_traits<TypeParam>;
+  using Traits = kvevict::policy_traits<typename TestFixture::Policy>;
   const Shape s = TestFixture::shape(TestFixture::budget_for(16));
-  const auto policy = testing_support::make_policy<TypeParam>();
+  const auto policy = testing_support::make_policy<typename TestFixture::Policy>();
   CacheT cache(s, policy, TestFixture::options());
-  const Stream<float> stream(s, TestFixture::kTokens, 1);
+  const Stream<typename TestFixture::Scalar> stream(s, TestFixture::kTokens, 1);
   long budgets = 0;
   for (int l = 0; l < s.n_layers; ++l) budgets += cache.head(l, 0).context().budget;
   EXPECT_EQ(budgets, long(s.n_layers) * s.budget);  // a per-layer schedule moves memory, never adds it
@@ -86,11 +90,11 @@ TYPED_TEST(PolicyInvariants, NeverHoldsMoreThanTheBudget) {
   });
 }
 
-TYPED_TEST(PolicyInvariants, KeptRowsAreBitIdenticalToWhatWasAppended) {
+TYPED_TEST(PolicyInvariants, KeptRowsAreBitIdenticalToWhatWasAppendedRoundedOnce) {
   using CacheT = typename TestFixture::Cache;
   const Shape s = TestFixture::shape(TestFixture::budget_for(16));
-  CacheT cache(s, testing_support::make_policy<TypeParam>(), TestFixture::options());
-  const Stream<float> stream(s, TestFixture::kTokens, 2);
+  CacheT cache(s, testing_support::make_policy<typename TestFixture::Policy>(), TestFixture::options());
+  const Stream<typename TestFixture::Scalar> stream(s, TestFixture::kTokens, 2);
   TestFixture::run(cache, stream, [&](int) {
     for (int l = 0; l < s.n_layers; ++l)
       for (int h = 0; h < s.n_kv_heads; ++h) {
@@ -98,10 +102,14 @@ TYPED_TEST(PolicyInvariants, KeptRowsAreBitIdenticalToWhatWasAppended) {
         for (int slot = 0; slot < slots.capacity(); ++slot) {
           if (!slots.occupied(slot)) continue;
           const auto p = slots.position(slot);
-          ASSERT_TRUE(cache.keys(l, h).row(slot) ==
-                      stream.k[std::size_t(l)].row(p).segment(h * s.head_dim, s.head_dim));
-          ASSERT_TRUE(cache.values(l, h).row(slot) ==
-                      stream.v[std::size_t(l)].row(p).segment(h * s.head_dim, s.head_dim));
+          ASSERT_TRUE(cache.keys(l, h).row(slot) == stream.k[std::size_t(l)]
+                                                        .row(p)
+                                                        .segment(h * s.head_dim, s.head_dim)
+                                                        .template cast<typename TestFixture::Storage>());
+          ASSERT_TRUE(cache.values(l, h).row(slot) == stream.v[std::size_t(l)]
+                                                          .row(p)
+                                                          .segment(h * s.head_dim, s.head_dim)
+                                                          .template cast<typename TestFixture::Storage>());
         }
       }
   });
@@ -110,8 +118,8 @@ TYPED_TEST(PolicyInvariants, KeptRowsAreBitIdenticalToWhatWasAppended) {
 TYPED_TEST(PolicyInvariants, NeverEvictsWhatItPromisedToKeep) {
   using CacheT = typename TestFixture::Cache;
   const Shape s = TestFixture::shape(TestFixture::budget_for(12));
-  CacheT cache(s, testing_support::make_policy<TypeParam>(), TestFixture::options());
-  const Stream<float> stream(s, TestFixture::kTokens, 3);
+  CacheT cache(s, testing_support::make_policy<typename TestFixture::Policy>(), TestFixture::options());
+  const Stream<typename TestFixture::Scalar> stream(s, TestFixture::kTokens, 3);
   int promised = 0;
   TestFixture::run(cache, stream, [&](int newest) {
     for (int l = 0; l < s.n_layers; ++l)
@@ -137,9 +145,9 @@ TYPED_TEST(PolicyInvariants, ProtectedTokensSurviveTenThousandSteps) {
   constexpr int kSteps = 10000;
   using CacheT = typename TestFixture::Cache;
   using MatrixT = typename TestFixture::Matrix;
-  const Shape s{1, 2, 1, 8, kvevict::policy_traits<TypeParam>::evicts ? 16 : kSteps};
-  CacheT cache(s, testing_support::make_policy<TypeParam>(), TestFixture::options());
-  const Stream<float> stream(s, kSteps, 5);
+  const Shape s{1, 2, 1, 8, kvevict::policy_traits<typename TestFixture::Policy>::evicts ? 16 : kSteps};
+  CacheT cache(s, testing_support::make_policy<typename TestFixture::Policy>(), TestFixture::options());
+  const Stream<typename TestFixture::Scalar> stream(s, kSteps, 5);
   std::vector<char> held(kSteps);
   MatrixT out(1, stream.q[0].cols());
   long promised = 0;
@@ -170,12 +178,12 @@ TYPED_TEST(PolicyInvariants, EqualsDenseWhenTheBudgetCoversTheSequence) {
   const Shape s = TestFixture::shape(TestFixture::kTokens);
   CacheOptions o = TestFixture::options();
   o.rope = kvevict::Rope(s.head_dim, 10000.0);
-  CacheT cache(s, testing_support::make_policy<TypeParam>(), o);
-  kvevict::KVCache<float, kvevict::Dense> dense(s, {}, o);
+  CacheT cache(s, testing_support::make_policy<typename TestFixture::Policy>(), o);
+  kvevict::KVCache<typename TestFixture::Storage, kvevict::Dense> dense(s, {}, o);
   for (int l = 0; l < s.n_layers; ++l)
     if (cache.head(l, 0).context().budget < TestFixture::kTokens)
       GTEST_SKIP() << "a per-layer schedule gives layer " << l << " less than the sequence";
-  const Stream<float> stream(s, TestFixture::kTokens, 4);
+  const Stream<typename TestFixture::Scalar> stream(s, TestFixture::kTokens, 4);
   for (int t = 0; t < TestFixture::kTokens; ++t)
     for (int l = 0; l < s.n_layers; ++l) {
       MatrixT a(1, stream.q[std::size_t(l)].cols()), b(1, stream.q[std::size_t(l)].cols());
@@ -188,7 +196,7 @@ TYPED_TEST(PolicyInvariants, EqualsDenseWhenTheBudgetCoversTheSequence) {
       if (cache.capacity(l) == dense.capacity(l)) {
         ASSERT_TRUE(a == b) << "step " << t << " layer " << l;
       } else {
-        ASSERT_TRUE(a.isApprox(b, 1e-5f)) << "step " << t << " layer " << l;
+        ASSERT_TRUE(a.isApprox(b, typename TestFixture::Scalar(1e-5))) << "step " << t << " layer " << l;
       }
     }
 }

@@ -51,7 +51,7 @@ constexpr int kTimeAloneSteps = 128;
 // ---------------------------------------------------------------------------------------------- options
 
 struct Options {
-  std::string model, csv, bucket_csv, attention_map;
+  std::string model, csv, bucket_csv, attention_map, kv_type = "f32";
   std::vector<std::string> texts;
   long skip_chars = 0;
   int tokens = 1024, recompute_every = 64, recompute_first = 0, recompute_count = 0;
@@ -96,6 +96,7 @@ const char* const kUsage =
     "  --bucket-csv FILE        run,policy,budget,bucket_first,bucket_last,tokens,ppl,ppl_lo,ppl_hi\n"
     "  --attention-map FILE     dense's mean attention to the first 16 tokens, per layer\n"
     "  --threads N              threads (default: all cores)\n"
+    "  --kv-type T              how the caches store K and V: f32, f16 or bf16 (default f32)\n"
     "  -h, --help               this text\n";
 
 [[noreturn]] void usage(const std::string& why) {
@@ -170,6 +171,8 @@ Options parse(int argc, char** argv) {
         o.bucket = std::stoi(v);
       else if (a == "--threads")
         o.threads = std::stoi(v);
+      else if (a == "--kv-type")
+        o.kv_type = v;
       else if (a == "--compare")
         add_pairs(v, o.compare);
       else if (a == "--policies")
@@ -192,6 +195,7 @@ Options parse(int argc, char** argv) {
     usage("--recompute-range goes past --tokens");
   if (o.bucket < 1) usage("--bucket must be at least 1");
   if (o.threads < 0) usage("--threads must be positive");
+  if (o.kv_type != "f32" && o.kv_type != "f16" && o.kv_type != "bf16") usage("--kv-type must be f32, f16 or bf16");
   for (int b : o.budgets)
     if (b < 1) usage("budgets must be positive");
   return o;
@@ -564,9 +568,9 @@ void print_row(const std::string& name, const Estimate& e, const std::string& no
 void print_summary(const Options& opt, const Runs& runs, const std::vector<int>& targets) {
   const std::size_t n = std::size_t(opt.tokens);
   std::printf(
-      "\nperplexity over the stream (95%% interval: block bootstrap, blocks of %d tokens; none with fewer "
-      "than %d blocks)\n",
-      kBlock, kMinBlocks);
+      "\nperplexity over the stream, K/V stored as %s (95%% interval: block bootstrap, blocks of %d tokens; "
+      "none with fewer than %d blocks)\n",
+      opt.kv_type.c_str(), kBlock, kMinBlocks);
   std::printf("%-30s %10s  %-20s %8s  %s\n", "run", "ppl", "95% interval", "tokens", "note");
   for (const auto& r : runs.stream)
     print_row(r.label, block_bootstrap(r.nll, 1, n),
@@ -711,6 +715,7 @@ int main(int argc, char** argv) {
     const gguf::File file(opt.model);
     llama::Model model(file);
     if (opt.threads > 0) model.set_threads(opt.threads);
+    model.set_kv_type(llama::parse_kv_type(opt.kv_type));
     const int threads = model.threads();
     const llama::Tokenizer tokenizer(file);
     const auto tokenize_start = std::chrono::steady_clock::now();
@@ -739,7 +744,7 @@ int main(int argc, char** argv) {
     if (!runs.recompute.empty())
       std::cerr << ", " << plural(long(runs.recompute.size()), "recompute run") << " on "
                 << plural(long(targets.size()), "token");
-    std::cerr << "; " << plural(threads, "thread") << "\n";
+    std::cerr << "; " << plural(threads, "thread") << "; K/V stored as " << opt.kv_type << "\n";
 
     const StreamTime stream_time = stream(model, runs.stream, ids);
     recompute(model, runs.recompute, ids, targets);

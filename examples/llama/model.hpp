@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <kvevict/kvevict.hpp>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -87,7 +88,7 @@ class SequenceCache {
   virtual int max_chunk() const = 0;
 };
 
-template <class Policy>
+template <class Storage, class Policy>
 class CacheOf final : public SequenceCache {
  public:
   CacheOf(const kvevict::Shape& shape, const Policy& policy, const kvevict::CacheOptions& options)
@@ -99,8 +100,18 @@ class CacheOf final : public SequenceCache {
   void clear() override { cache.clear(); }
   int size(int layer, int kv_head) const override { return cache.size(layer, kv_head); }
   int max_chunk() const override { return cache.options().max_chunk; }
-  kvevict::KVCache<float, Policy> cache;
+  kvevict::KVCache<Storage, Policy> cache;
 };
+
+/// How the engine's caches store K and V.
+enum class KvType { f32, f16, bf16 };
+
+inline KvType parse_kv_type(const std::string& name) {
+  if (name == "f32") return KvType::f32;
+  if (name == "f16") return KvType::f16;
+  if (name == "bf16") return KvType::bf16;
+  throw std::invalid_argument("kv type: expected f32, f16 or bf16, got " + name);
+}
 
 /// Tokens of one sequence to run in one call, with the cache they extend.
 struct Segment {
@@ -166,9 +177,23 @@ class Model {
     o.rope = kvevict::Rope(c_.head_dim, c_.rope_theta, kvevict::RopeLayout::adjacent);  // GGUF's Q/K permutation
     return o;
   }
+  /// The storage of the K/V of every cache made from now on.
+  void set_kv_type(KvType type) { kv_type_ = type; }
+  KvType kv_type() const { return kv_type_; }
+
   template <class Policy>
   std::unique_ptr<SequenceCache> make_cache(int budget, const Policy& policy = Policy{}, int max_chunk = 64) const {
-    return std::make_unique<CacheOf<Policy>>(shape(budget), policy, cache_options(max_chunk));
+    const kvevict::Shape s = shape(budget);
+    const kvevict::CacheOptions o = cache_options(max_chunk);
+    switch (kv_type_) {
+      case KvType::f16:
+        return std::make_unique<CacheOf<Eigen::half, Policy>>(s, policy, o);
+      case KvType::bf16:
+        return std::make_unique<CacheOf<Eigen::bfloat16, Policy>>(s, policy, o);
+      case KvType::f32:
+        break;
+    }
+    return std::make_unique<CacheOf<float, Policy>>(s, policy, o);
   }
 
   /// Runs every segment through the model; returns logits of each segment's last token (segment order),
@@ -357,6 +382,7 @@ class Model {
   }
 
   Config c_{};
+  KvType kv_type_ = KvType::f32;
   std::shared_ptr<ThreadPool> pool_ = std::make_shared<ThreadPool>();  // shared by copies of the model
   Weight embed_;
   Eigen::RowVectorXf output_norm_;

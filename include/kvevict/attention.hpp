@@ -12,6 +12,7 @@
 
 #include "error.hpp"
 #include "softmax.hpp"
+#include "storage.hpp"
 
 namespace kvevict {
 
@@ -32,12 +33,17 @@ struct AttentionOptions {
 /// (causal). Three passes: logits from K, normalisation in place, weighted sum over V. K and V are walked in
 /// blocks of rows that every query row of the group uses while the block is in cache, so each is read from
 /// memory once per group, not once per query head. Allocates nothing.
-template <class Scalar>
+///
+/// K and V may be stored in a narrower type than the kernel computes in (`Stored` = Eigen::half or
+/// Eigen::bfloat16 with `Scalar` = float): each block is converted once into an L1-resident tile that every
+/// query row of the group then reads, so the cache is read once, in its own bytes, and never copied whole.
+/// @pre head_dim <= kMaxHeadDim
+template <class Scalar, class Stored = Scalar>
 struct GroupAttention {
   const Scalar* queries;  ///< row (t, h) at queries + t * query_stride + h * head_dim
   std::ptrdiff_t query_stride;
-  const Scalar* keys;    ///< capacity x head_dim, row-major
-  const Scalar* values;  ///< capacity x head_dim, row-major
+  const Stored* keys;    ///< capacity x head_dim, row-major
+  const Stored* values;  ///< capacity x head_dim, row-major
   const std::int64_t* key_pos;
   const std::int64_t* query_pos;
   int n_queries, group, capacity, head_dim;
@@ -48,14 +54,35 @@ struct GroupAttention {
   int used = -1;  ///< slots [used, capacity) are known free: skipped (weight 0); -1 for none known
 };
 
+/// The widest head the kernel takes: a converted block of at least one row fits its tile (32 KiB in float).
+inline constexpr int kMaxHeadDim = 8192;
+
 /// Runs one group. `first_q_head` is the group's first query head, to pick its sink logits.
-template <class Scalar>
-void attend_group(const GroupAttention<Scalar>& a, const AttentionOptions& options, int first_q_head = 0) {
+template <class Scalar, class Stored>
+void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOptions& options, int first_q_head = 0) {
+  static_assert(std::is_same_v<Scalar, compute_type_t<Stored>>,
+                "kvevict: attend_group computes in compute_type_t<Stored>: float for float, Eigen::half and "
+                "Eigen::bfloat16 storage, double for double");
   using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using StoredRows = Eigen::Matrix<Stored, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
   using Column = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
-  constexpr int kBlock = 32;  // rows of K or V per block (8-16 KiB): stays in L1 across the group
+  constexpr bool converts = !std::is_same_v<Stored, Scalar>;
+  // Rows of K or V per block (8-16 KiB in float at head_dim 64-128): stays in L1 across the group.
+  constexpr int kBlock = 32;
   constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
+  // 16-bit rows are widened into this tile once per block; float and double rows are read in place.
+  alignas(64) Scalar tile[converts ? kMaxHeadDim : 1];
+  const std::ptrdiff_t block = converts ? std::min<std::ptrdiff_t>(kBlock, kMaxHeadDim / a.head_dim) : kBlock;
+  auto rows_of = [&](const Stored* base, std::ptrdiff_t j0, std::ptrdiff_t nb) {
+    if constexpr (converts) {
+      Eigen::Map<Rows> widened(tile, nb, a.head_dim);
+      widened = Eigen::Map<const StoredRows>(base + j0 * a.head_dim, nb, a.head_dim).template cast<Scalar>();
+      return Eigen::Map<const Rows>(tile, nb, a.head_dim);
+    } else {
+      return Eigen::Map<const Rows>(base + j0 * a.head_dim, nb, a.head_dim);
+    }
+  };
   const Scalar scale = static_cast<Scalar>(options.scale_for(a.head_dim));
   const std::ptrdiff_t cap = a.capacity, d = a.head_dim;
   const std::ptrdiff_t used = a.used < 0 ? cap : std::min<std::ptrdiff_t>(a.used, cap);
@@ -63,9 +90,9 @@ void attend_group(const GroupAttention<Scalar>& a, const AttentionOptions& optio
   auto query = [&](int r) { return a.queries + (r / a.group) * a.query_stride + (r % a.group) * d; };
   auto output = [&](int r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * d; };
 
-  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += kBlock) {
-    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, used - j0);
-    const Eigen::Map<const Rows> k(a.keys + j0 * d, nb, d);
+  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += block) {
+    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
+    const Eigen::Map<const Rows> k = rows_of(a.keys, j0, nb);
     for (int r = 0; r < rows; ++r) {
       Eigen::Map<Column> logit(a.probs + r * cap + j0, nb);
       logit.noalias() = scale * (k * Eigen::Map<const Column>(query(r), d));
@@ -87,9 +114,9 @@ void attend_group(const GroupAttention<Scalar>& a, const AttentionOptions& optio
     std::fill(row + used, row + cap, Scalar(0));
     Eigen::Map<Row>(output(r), d).setZero();
   }
-  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += kBlock) {
-    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(kBlock, used - j0);
-    const Eigen::Map<const Rows> v(a.values + j0 * d, nb, d);
+  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += block) {
+    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
+    const Eigen::Map<const Rows> v = rows_of(a.values, j0, nb);
     for (int r = 0; r < rows; ++r)
       Eigen::Map<Row>(output(r), d).noalias() += Eigen::Map<const Row>(a.probs + r * cap + j0, nb) * v;
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "policy.hpp"
 #include "rope.hpp"
 #include "shape.hpp"
+#include "storage.hpp"
 
 namespace kvevict {
 
@@ -24,33 +26,40 @@ struct CacheOptions {
   int max_chunk = 64;          ///< most tokens one append() may add (prefill chunk); decode appends 1
   AttentionOptions attention;  ///< normalisation, scale, sink logits
   Rope rope;                   ///< RoPE applied by the cache to appended keys and to queries; none by default
-  bool check_finite = false;   ///< reject NaN/Inf in appended keys/values and in queries
+  bool check_finite = false;   ///< reject NaN/Inf in keys/values and queries, and keys/values beyond the storage range
 };
 
 /// A KV cache that owns its K/V and evicts through `Policy`.
 ///
-/// Per (layer, kv head) K and V are row-major `capacity x head_dim` blocks, one row per slot, with
+/// Per (layer, kv head) K and V are row-major `capacity x head_dim` blocks of `Storage`, one row per slot, with
 /// capacity = budget + max_chunk. A step appends a chunk, attends it over everything held, then evicts back
 /// to the budget; an evicted slot is reused by the next token, so eviction costs O(head_dim) per token and
 /// nothing is ever compacted. Once constructed the cache allocates nothing.
 ///
 /// Matrices passed in hold one token per row and heads side by side: keys/values are
-/// T x (n_kv_heads * head_dim), queries/out are T x (n_q_heads * head_dim). With a Rope in the options, keys
-/// and queries are passed unrotated and the cache rotates them at the positions the policy implies.
+/// T x (n_kv_heads * head_dim), queries/out are T x (n_q_heads * head_dim), all in the compute type (float, or
+/// double for double storage). With a Rope in the options, keys and queries are passed unrotated and the cache
+/// rotates them at the positions the policy implies, in the compute type, storing each key rounded once.
 /// Every member that takes input validates it all before changing anything: on InvalidArgument the cache
 /// is exactly as it was.
-/// @tparam Scalar float or double
+/// @tparam Storage float, double, Eigen::half or Eigen::bfloat16: the type K and V are kept in (storage.hpp)
 /// @tparam Policy an eviction policy (see policy.hpp)
-template <class Scalar, class Policy>
+template <class Storage, class Policy>
 class KVCache {
   KVEVICT_CHECK_POLICY(Policy);
-  static_assert(std::is_floating_point_v<Scalar>, "kvevict: KVCache Scalar must be float or double");
+  static_assert(is_storage_type_v<Storage>,
+                "kvevict: KVCache stores K/V as float, double, Eigen::half or Eigen::bfloat16");
 
  public:
+  using Scalar = compute_type_t<Storage>;
+  /// Queries, keys, values and outputs as passed in and out: the compute type.
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  /// K and V as held: `Storage`.
+  using StoredMatrix = Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using ConstRef = Eigen::Ref<const Matrix>;
   using Ref = Eigen::Ref<Matrix>;
   using policy_type = Policy;
+  using storage_type = Storage;
   using scalar_type = Scalar;
 
   /// @throws InvalidArgument for a bad shape or option, or one the policy rejects.
@@ -78,13 +87,14 @@ class KVCache {
                                         .with_head_dim(shape_.head_dim)
                                         .with_group_size(group));
         shifters_.emplace_back(heads_.back().pinned_prefix(), shape_.head_dim);
-        keys_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
-        values_.emplace_back(Matrix::Zero(capacity, shape_.head_dim));
+        keys_.emplace_back(StoredMatrix::Zero(capacity, shape_.head_dim));
+        values_.emplace_back(StoredMatrix::Zero(capacity, shape_.head_dim));
       }
     }
     int widest = 0;
     for (int layer = 0; layer < shape_.n_layers; ++layer) widest = std::max(widest, capacity(layer));
     queries_.resize(options_.max_chunk, std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim);
+    key_row_.resize(shape_.head_dim);
     probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, widest);
     if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());
     query_pos_.resize(std::size_t(options_.max_chunk));
@@ -107,9 +117,9 @@ class KVCache {
   /// Tokens held by (layer, kv_head).
   int size(int layer, int kv_head) const { return head(layer, kv_head).size(); }
   const Evictor<Policy>& head(int layer, int kv_head) const { return heads_[checked(layer, kv_head)]; }
-  /// All `capacity()` key rows of (layer, kv_head); rows of free slots are stale.
-  const Matrix& keys(int layer, int kv_head) const { return keys_[checked(layer, kv_head)]; }
-  const Matrix& values(int layer, int kv_head) const { return values_[checked(layer, kv_head)]; }
+  /// All `capacity()` key rows of (layer, kv_head), as stored; rows of free slots are stale.
+  const StoredMatrix& keys(int layer, int kv_head) const { return keys_[checked(layer, kv_head)]; }
+  const StoredMatrix& values(int layer, int kv_head) const { return values_[checked(layer, kv_head)]; }
 
   /// Forgets every token of every layer; the next append is at position 0 again. Allocates nothing.
   void clear() {
@@ -137,16 +147,17 @@ class KVCache {
     const std::int64_t first = n_seen_[std::size_t(layer)];
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
       Evictor<Policy>& h = heads_[index(layer, kv)];
-      Matrix& k = keys_[index(layer, kv)];
-      Matrix& v = values_[index(layer, kv)];
+      StoredMatrix& k = keys_[index(layer, kv)];
+      StoredMatrix& v = values_[index(layer, kv)];
       for (int t = 0; t < t_count; ++t) {
         const int slot = h.next_free_slot();
-        k.row(slot) = keys.row(t).segment(std::ptrdiff_t(kv) * d, d);
-        v.row(slot) = values.row(t).segment(std::ptrdiff_t(kv) * d, d);
+        key_row_ = keys.row(t).segment(std::ptrdiff_t(kv) * d, d);
         if (options_.rope.enabled()) {
-          shifters_[index(layer, kv)].remember(first + t, k.row(slot).data());
-          options_.rope.rotate(k.row(slot).data(), first + t);
+          shifters_[index(layer, kv)].remember(first + t, key_row_.data());
+          options_.rope.rotate(key_row_.data(), first + t);
         }
+        k.row(slot) = key_row_.template cast<Storage>();
+        v.row(slot) = values.row(t).segment(std::ptrdiff_t(kv) * d, d).template cast<Storage>();
         h.admit(first + t, k.row(slot).data(), v.row(slot).data());
       }
     }
@@ -174,7 +185,7 @@ class KVCache {
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
       Evictor<Policy>& h = heads_[index(layer, kv)];
       const std::ptrdiff_t head_offset = std::ptrdiff_t(kv) * group * d;
-      GroupAttention<Scalar> g{};
+      GroupAttention<Scalar, Storage> g{};
       g.queries = q.data() + head_offset;
       g.query_stride = queries_.outerStride();
       g.keys = keys_[index(layer, kv)].data();
@@ -210,6 +221,7 @@ class KVCache {
  private:
   static const Shape& validated(const Shape& shape, const CacheOptions& options) {
     shape.validate();
+    KVEVICT_REQUIRE(shape.head_dim <= kMaxHeadDim, "head_dim", "<= " + std::to_string(kMaxHeadDim), shape.head_dim);
     KVEVICT_REQUIRE(options.max_chunk > 0, "max_chunk", "> 0", options.max_chunk);
     KVEVICT_REQUIRE(!options.rope.enabled() || options.rope.head_dim() == shape.head_dim, "rope.head_dim",
                     "shape.head_dim = " + std::to_string(shape.head_dim), options.rope.head_dim());
@@ -232,7 +244,7 @@ class KVCache {
     Evictor<Policy>& h = heads_[index(layer, kv)];
     const auto eviction = h.evict(slot);
     if (!options_.rope.enabled()) return;
-    Matrix& k = keys_[index(layer, kv)];
+    StoredMatrix& k = keys_[index(layer, kv)];
     for (int i = 0; i < eviction.n_shifted; ++i) {
       const int shifted = h.shifted_slot(i);
       shifters_[index(layer, kv)].shift(options_.rope, k.row(shifted).data(), h.slots().position(shifted),
@@ -290,9 +302,17 @@ class KVCache {
 
   static std::string dims(const ConstRef& m) { return std::to_string(m.rows()) + "x" + std::to_string(m.cols()); }
 
-  void check_finite(const ConstRef& m, const char* name) const {
-    if (!options_.check_finite || m.allFinite()) return;
-    detail::fail(name, "finite values (check_finite is on)", "NaN or Inf");
+  // Queries are never stored, so only keys and values must fit the storage type's range.
+  void check_finite(const ConstRef& m, const char* name, bool stored) const {
+    if (!options_.check_finite) return;
+    if (!m.allFinite()) detail::fail(name, "finite values (check_finite is on)", "NaN or Inf");
+    using traits = storage_traits<Storage>;
+    const double widest = stored ? double(m.cwiseAbs().maxCoeff()) : 0.0;
+    if (widest > traits::largest) {
+      std::ostringstream expected;
+      expected << "|x| <= " << traits::largest << ", the range of " << traits::name << " storage (check_finite is on)";
+      detail::fail(name, expected.str(), widest);
+    }
   }
 
   void check_append(int layer, const ConstRef& keys, const ConstRef& values) const {
@@ -314,8 +334,8 @@ class KVCache {
             ">= " + std::to_string(size(layer, kv) + keys.rows()) + " tokens for a policy that never evicts",
             shape_.budget);
     }
-    check_finite(keys, "keys");
-    check_finite(values, "values");
+    check_finite(keys, "keys", true);
+    check_finite(values, "values", true);
   }
 
   void check_attend(int layer, const ConstRef& queries, const Ref& out, std::ptrdiff_t chunk) const {
@@ -328,15 +348,16 @@ class KVCache {
     KVEVICT_REQUIRE(out.rows() == queries.rows() && out.cols() == width, "out",
                     "the shape of queries, " + dims(queries),
                     std::to_string(out.rows()) + "x" + std::to_string(out.cols()));
-    check_finite(queries, "queries");
+    check_finite(queries, "queries", false);
   }
 
   Shape shape_;
   CacheOptions options_;
   std::vector<Evictor<Policy>> heads_;
   std::vector<KeyShifter> shifters_;  // per head: moves kept keys in in-cache position mode
-  std::vector<Matrix> keys_, values_;
+  std::vector<StoredMatrix> keys_, values_;
   Matrix queries_, probs_, logits_;
+  Eigen::Matrix<Scalar, 1, Eigen::Dynamic> key_row_;  // a key on its way in: rotated in the compute type
   std::vector<std::int64_t> query_pos_;
   std::vector<std::int64_t> n_seen_;
   std::vector<int> chunk_;

@@ -26,6 +26,7 @@
 #include "shape.hpp"
 #include "slots.hpp"
 #include "softmax.hpp"
+#include "storage.hpp"
 #include "version.hpp"
 
 #endif  // KVEVICT_KVEVICT_HPP

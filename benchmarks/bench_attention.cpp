@@ -1,61 +1,125 @@
 // SPDX-License-Identifier: Apache-2.0
-// The attention kernel alone beside a read-only pass over the same K/V bytes: the memory bound of decode.
+// The decode attention kernel beside its two yardsticks, in one binary so that every ratio comes from one run:
+//   BM_ReadOnlyPass<S>  reads the same K and V bytes once: the memory floor of any decode attention over them;
+//   BM_FmaPeak          independent FMAs at the kernel's vector width: this core's FMA rate, from which the
+//                       arithmetic floor of the kernel's 2 * n * group * head_dim FMAs per step follows.
+// scripts/bench_attention_report.py turns a JSON run into each kernel's share of both.
 #include <benchmark/benchmark.h>
 
+#include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "bench_common.hpp"
 
 namespace {
 
+template <class Storage>
 struct Table {
-  bench::Matrix k, v, q, out, probs;
+  using Scalar = kvevict::compute_type_t<Storage>;
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using StoredRows = Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  StoredRows k, v;
+  Rows q, out, probs;
   std::vector<std::int64_t> pos;
   std::int64_t query_pos;
   Table(int n, int d, int group)
-      : k(bench::random(n, d, 1)),
-        v(bench::random(n, d, 2)),
-        q(bench::random(1, group * d, 3)),
+      : k(Rows::Random(n, d).template cast<Storage>()),
+        v(Rows::Random(n, d).template cast<Storage>()),
+        q(Rows::Random(1, group * d)),
         out(1, group * d),
         probs(group, n),
         pos(std::size_t(n)),
         query_pos(n) {
     for (int j = 0; j < n; ++j) pos[std::size_t(j)] = j;
   }
-  std::int64_t bytes() const { return 2 * k.size() * std::int64_t(sizeof(float)); }
+  std::int64_t bytes() const { return 2 * k.size() * std::int64_t(sizeof(Storage)); }
 };
 
+/// One decode step of one GQA group: `group` query heads over n keys. Counters: the FMAs of the two products
+/// (q.k and p.v: 2 * n * group * head_dim) as a rate, for the arithmetic share.
+template <class Storage>
 void BM_AttentionKernel(benchmark::State& state) {
-  const int n = static_cast<int>(state.range(0)), d = static_cast<int>(state.range(1)), group = 3;
-  Table t(n, d, group);
+  const int n = static_cast<int>(state.range(0)), d = static_cast<int>(state.range(1));
+  const int group = static_cast<int>(state.range(2));
+  Table<Storage> t(n, d, group);
   const kvevict::AttentionOptions options;
+  kvevict::GroupAttention<typename Table<Storage>::Scalar, Storage> g{};
+  g.queries = t.q.data();
+  g.query_stride = t.q.cols();
+  g.keys = t.k.data();
+  g.values = t.v.data();
+  g.key_pos = t.pos.data();
+  g.query_pos = &t.query_pos;
+  g.n_queries = 1;
+  g.group = group;
+  g.capacity = n;
+  g.head_dim = d;
+  g.probs = t.probs.data();
+  g.out = t.out.data();
+  g.out_stride = t.out.cols();
   for (auto _ : state) {
-    kvevict::attend_group(
-        kvevict::GroupAttention<float>{t.q.data(), t.q.cols(), t.k.data(), t.v.data(), t.pos.data(), &t.query_pos, 1,
-                                       group, n, d, t.probs.data(), nullptr, t.out.data(), t.out.cols()},
-        options);
+    kvevict::attend_group(g, options);
     benchmark::DoNotOptimize(t.out.data());
   }
   state.SetBytesProcessed(state.iterations() * t.bytes());
+  state.counters["fma"] =
+      benchmark::Counter(2.0 * double(n) * group * d, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// Reads K and V once and sums them: the floor any decode attention over these bytes must pay.
+/// Reads the K and V bytes once, as 64-bit words summed: what the kernel must at least pay to read them.
+template <class Storage>
 void BM_ReadOnlyPass(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0)), d = static_cast<int>(state.range(1));
-  Table t(n, d, 1);
+  Table<Storage> t(n, d, 1);
+  const std::size_t words = std::size_t(t.k.size()) * sizeof(Storage) / sizeof(std::uint64_t);
+  auto sum = [words](const void* bytes) {
+    const auto* w = static_cast<const std::uint64_t*>(bytes);
+    std::uint64_t s = 0;
+    for (std::size_t i = 0; i < words; ++i) s += w[i];
+    return s;
+  };
   for (auto _ : state) {
-    float sum = t.k.sum() + t.v.sum();
-    benchmark::DoNotOptimize(sum);
+    std::uint64_t s = sum(t.k.data()) + sum(t.v.data());
+    benchmark::DoNotOptimize(s);
   }
   state.SetBytesProcessed(state.iterations() * t.bytes());
 }
 
-void sizes(benchmark::internal::Benchmark* b) {
+/// Twelve independent vectors of float FMAs as wide as the compiler's vector unit (8 floats with AVX2): enough
+/// chains to cover the FMA latency on two ports, few enough to stay in registers. The counter is FMAs per
+/// second on one core.
+void BM_FmaPeak(benchmark::State& state) {
+  constexpr int kLanes = 96, kSteps = 1024;
+  alignas(64) float acc[kLanes];
+  for (int i = 0; i < kLanes; ++i) acc[i] = 0.5f + 1e-3f * float(i);
+  const float mul = 0.999f, add = 1e-4f;
+  for (auto _ : state) {
+    for (int s = 0; s < kSteps; ++s)
+      for (float& a : acc) a = std::fma(a, mul, add);
+    benchmark::DoNotOptimize(acc);
+    benchmark::ClobberMemory();
+  }
+  state.counters["fma"] = benchmark::Counter(double(kLanes) * kSteps, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void kernel_sizes(benchmark::internal::Benchmark* b) {
+  for (int d : {64, 128})
+    for (int group : {1, 3, 4, 8})
+      for (int n = 256; n <= 262144; n *= 4) b->Args({n, d, group});
+}
+
+void pass_sizes(benchmark::internal::Benchmark* b) {
   for (int d : {64, 128})
     for (int n = 256; n <= 262144; n *= 4) b->Args({n, d});
 }
 
-BENCHMARK(BM_AttentionKernel)->Apply(sizes);
-BENCHMARK(BM_ReadOnlyPass)->Apply(sizes);
+BENCHMARK(BM_FmaPeak);
+BENCHMARK_TEMPLATE(BM_AttentionKernel, float)->Apply(kernel_sizes);
+BENCHMARK_TEMPLATE(BM_AttentionKernel, Eigen::half)->Apply(kernel_sizes);
+BENCHMARK_TEMPLATE(BM_AttentionKernel, Eigen::bfloat16)->Apply(kernel_sizes);
+BENCHMARK_TEMPLATE(BM_ReadOnlyPass, float)->Apply(pass_sizes);
+BENCHMARK_TEMPLATE(BM_ReadOnlyPass, Eigen::half)->Apply(pass_sizes);
+BENCHMARK_TEMPLATE(BM_ReadOnlyPass, Eigen::bfloat16)->Apply(pass_sizes);
 
 }  // namespace

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <kvevict/attention.hpp>
 #include <kvevict/error.hpp>
 #include <kvevict/slots.hpp>
@@ -264,4 +265,31 @@ TYPED_TEST(StoredKernel, StaysWithinTheStorageRoundingOfExactAttention) {
     }
   this->RecordProperty("worst_error_over_bound", std::to_string(worst));
 }
+}  // namespace
+
+namespace {
+template <class Half>
+void expect_widening_exact_for_every_pattern() {
+  // Eigen's own conversion is exact (every 16-bit value is a float); the kernel's vectorised one must agree
+  // bit for bit on all 65536 patterns, subnormals, infinities and signed zeros included (NaNs: stay NaN).
+  std::vector<Half> all(65536);
+  for (std::uint32_t b = 0; b < 65536; ++b) {
+    const auto bits = static_cast<std::uint16_t>(b);
+    all[b] = Eigen::numext::bit_cast<Half>(bits);
+  }
+  std::vector<float> widened(all.size());
+  kvevict::detail::widen(all.data(), widened.data(), std::ptrdiff_t(all.size()));
+  for (std::size_t b = 0; b < all.size(); ++b) {
+    const float expected = static_cast<float>(all[b]);
+    if (std::isnan(expected)) {
+      ASSERT_TRUE(std::isnan(widened[b])) << "pattern " << b;
+    } else {
+      ASSERT_EQ(std::memcmp(&expected, &widened[b], sizeof expected), 0)
+          << "pattern " << b << ": " << widened[b] << " instead of " << expected;
+    }
+  }
+}
+
+TEST(Widening, ExactForEveryHalf) { expect_widening_exact_for_every_pattern<Eigen::half>(); }
+TEST(Widening, ExactForEveryBfloat16) { expect_widening_exact_for_every_pattern<Eigen::bfloat16>(); }
 }  // namespace

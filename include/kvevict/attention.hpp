@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "detail/widen.hpp"
 #include "error.hpp"
 #include "softmax.hpp"
 #include "storage.hpp"
@@ -64,7 +65,6 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
                 "kvevict: attend_group computes in compute_type_t<Stored>: float for float, Eigen::half and "
                 "Eigen::bfloat16 storage, double for double");
   using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using StoredRows = Eigen::Matrix<Stored, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
   using Column = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
   constexpr bool converts = !std::is_same_v<Stored, Scalar>;
@@ -76,8 +76,7 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
   const std::ptrdiff_t block = converts ? std::min<std::ptrdiff_t>(kBlock, kMaxHeadDim / a.head_dim) : kBlock;
   auto rows_of = [&](const Stored* base, std::ptrdiff_t j0, std::ptrdiff_t nb) {
     if constexpr (converts) {
-      Eigen::Map<Rows> widened(tile, nb, a.head_dim);
-      widened = Eigen::Map<const StoredRows>(base + j0 * a.head_dim, nb, a.head_dim).template cast<Scalar>();
+      detail::widen(base + j0 * a.head_dim, tile, nb * a.head_dim);
       return Eigen::Map<const Rows>(tile, nb, a.head_dim);
     } else {
       return Eigen::Map<const Rows>(base + j0 * a.head_dim, nb, a.head_dim);

@@ -187,3 +187,89 @@ TEST(ExternalStore, APolicyNamingAFreeSlotIsCaught) {
   EXPECT_THROW(cache.forward(0, x, x, x, out), std::logic_error);
 }
 }  // namespace
+
+namespace {
+TEST(ExternalStore, SixteenBitEngineMemoryThroughTheLibraryKernel) {
+  // An engine that keeps its own K/V as half in one slab per head follows Evictor's three rules and runs the
+  // library's kernel over that memory (GroupAttention<float, Eigen::half>). It holds what
+  // KVCache<Eigen::half, ...> holds, bit for bit (both rotate in float and store once), and attends alike.
+  // The policy exercises every rule: H2O needs the weights (rule 2), and with positions within the cache
+  // the kept keys move on as tokens leave (rule 3), the sinks through KeyShifter.
+  using Policy = kvevict::CachePositions<kvevict::Protected<kvevict::H2O>>;
+  constexpr int kDim = 16, kBudget = 8, kGroup = 2, kSteps = 120;
+  const Policy policy{kvevict::with_sinks(kvevict::H2O{}, 2)};
+  const kvevict::Shape shape{1, kGroup, 1, kDim, kBudget};
+  kvevict::CacheOptions options;
+  options.max_chunk = 1;
+  options.rope = kvevict::Rope(kDim, 10000.0);
+  kvevict::KVCache<Eigen::half, Policy> cache(shape, policy, options);
+
+  const int capacity = kBudget + 1;
+  std::vector<Eigen::half> keys(std::size_t(capacity) * kDim), values(keys.size());
+  kvevict::Evictor<Policy> evictor(
+      policy,
+      kvevict::HeadContext{}.with_budget(kBudget).with_capacity(capacity).with_head_dim(kDim).with_group_size(kGroup));
+  kvevict::KeyShifter shifter(evictor.pinned_prefix(), kDim);
+  std::vector<float> key(kDim), query(std::size_t(kGroup) * kDim), out(query.size()),
+      probs(std::size_t(kGroup) * capacity);
+  const testing_support::Stream<float> stream(shape, kSteps, 31);
+  MatrixF expected(1, kGroup * kDim);
+  for (int t = 0; t < kSteps; ++t) {
+    // Rule 1: rotate in float, store rounded once, admit.
+    const int slot = evictor.next_free_slot();
+    std::copy(stream.k[0].row(t).data(), stream.k[0].row(t).data() + kDim, key.begin());
+    shifter.remember(t, key.data());
+    options.rope.rotate(key.data(), t);
+    for (int i = 0; i < kDim; ++i) {
+      keys[std::size_t(slot) * kDim + std::size_t(i)] = Eigen::half(key[std::size_t(i)]);
+      values[std::size_t(slot) * kDim + std::size_t(i)] = Eigen::half(stream.v[0](t, i));
+    }
+    evictor.admit(t, keys.data() + std::ptrdiff_t(slot) * kDim, values.data() + std::ptrdiff_t(slot) * kDim);
+    // Rule 2: attend over the engine's own half memory, show the weights to the policy.
+    std::copy(stream.q[0].row(t).data(), stream.q[0].row(t).data() + kGroup * kDim, query.begin());
+    for (int h = 0; h < kGroup; ++h) options.rope.rotate(query.data() + h * kDim, t);
+    const std::int64_t query_pos = t;
+    kvevict::GroupAttention<float, Eigen::half> g{};
+    g.queries = query.data();
+    g.query_stride = kGroup * kDim;
+    g.keys = keys.data();
+    g.values = values.data();
+    g.key_pos = evictor.slots().positions();
+    g.query_pos = &query_pos;
+    g.n_queries = 1;
+    g.group = kGroup;
+    g.capacity = capacity;
+    g.head_dim = kDim;
+    g.probs = probs.data();
+    g.out = out.data();
+    g.out_stride = kGroup * kDim;
+    g.used = evictor.slots().high_water();
+    kvevict::attend_group(g, options.attention);
+    evictor.observe(kvevict::AttentionView<float>{probs.data(), nullptr, options.attention.scale_for(kDim), &query_pos,
+                                                  1, kGroup, evictor.view()});
+    // Rule 3: evict, and move on the keys that moved.
+    while (evictor.over_budget()) {
+      const auto e = evictor.evict_one();
+      for (int i = 0; i < e.n_shifted; ++i) {
+        const int moved = evictor.shifted_slot(i);
+        shifter.shift(options.rope, keys.data() + std::ptrdiff_t(moved) * kDim, evictor.slots().position(moved),
+                      evictor.slots().rotated_at(moved));
+      }
+    }
+    cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), expected);
+    for (int s = 0; s < capacity; ++s) {
+      ASSERT_EQ(evictor.slots().position(s), cache.head(0, 0).slots().position(s)) << "step " << t;
+      if (!evictor.slots().occupied(s)) continue;
+      for (int i = 0; i < kDim; ++i) {
+        const std::size_t at = std::size_t(s) * kDim + std::size_t(i);
+        ASSERT_EQ(keys[at], cache.keys(0, 0)(s, i)) << "step " << t << " slot " << s;
+        ASSERT_EQ(values[at], cache.values(0, 0)(s, i)) << "step " << t << " slot " << s;
+      }
+    }
+    // The same inputs to the same kernel; Eigen's products peel by the buffers' alignment, which may order a
+    // sum differently: a few float roundings.
+    for (int i = 0; i < kGroup * kDim; ++i)
+      ASSERT_NEAR(out[std::size_t(i)], expected(0, i), 1e-6f * (1.0f + std::abs(expected(0, i)))) << "step " << t;
+  }
+}
+}  // namespace

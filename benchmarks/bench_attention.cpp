@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "two_threads.hpp"
 
 namespace {
 
@@ -34,6 +35,25 @@ struct Table {
     for (int j = 0; j < n; ++j) pos[std::size_t(j)] = j;
   }
   std::int64_t bytes() const { return 2 * k.size() * std::int64_t(sizeof(Storage)); }
+
+  /// One query token of the whole group over all n keys.
+  kvevict::GroupAttention<Scalar, Storage> kernel_args() {
+    kvevict::GroupAttention<Scalar, Storage> g{};
+    g.queries = q.data();
+    g.query_stride = q.cols();
+    g.keys = k.data();
+    g.values = v.data();
+    g.key_pos = pos.data();
+    g.query_pos = &query_pos;
+    g.n_queries = 1;
+    g.group = int(probs.rows());
+    g.capacity = int(k.rows());
+    g.head_dim = int(k.cols());
+    g.probs = probs.data();
+    g.out = out.data();
+    g.out_stride = out.cols();
+    return g;
+  }
 };
 
 /// One decode step of one GQA group: `group` query heads over n keys. Counters: the FMAs of the two products
@@ -44,20 +64,7 @@ void BM_AttentionKernel(benchmark::State& state) {
   const int group = static_cast<int>(state.range(2));
   Table<Storage> t(n, d, group);
   const kvevict::AttentionOptions options;
-  kvevict::GroupAttention<typename Table<Storage>::Scalar, Storage> g{};
-  g.queries = t.q.data();
-  g.query_stride = t.q.cols();
-  g.keys = t.k.data();
-  g.values = t.v.data();
-  g.key_pos = t.pos.data();
-  g.query_pos = &t.query_pos;
-  g.n_queries = 1;
-  g.group = group;
-  g.capacity = n;
-  g.head_dim = d;
-  g.probs = t.probs.data();
-  g.out = t.out.data();
-  g.out_stride = t.out.cols();
+  const auto g = t.kernel_args();
   for (auto _ : state) {
     kvevict::attend_group(g, options);
     benchmark::DoNotOptimize(t.out.data());
@@ -65,6 +72,27 @@ void BM_AttentionKernel(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * t.bytes());
   state.counters["fma"] =
       benchmark::Counter(2.0 * double(n) * group * d, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// The same step with the keys split in two ranges, one per thread (a spinning two-thread pool): the
+/// kernel's split-K path, against BM_AttentionKernel for the speed-up of a second core.
+template <class Storage>
+void BM_AttentionKernelTwoThreads(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0)), d = static_cast<int>(state.range(1));
+  const int group = static_cast<int>(state.range(2));
+  Table<Storage> t(n, d, group);
+  testing_support::TwoThreads threads;
+  kvevict::AttentionOptions options;
+  options.key_splits = 2;
+  options.parallel_for = threads.parallel_for();
+  typename Table<Storage>::Rows partial(group, d);
+  auto g = t.kernel_args();
+  g.partial_out = partial.data();
+  for (auto _ : state) {
+    kvevict::attend_group(g, options);
+    benchmark::DoNotOptimize(t.out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * t.bytes());
 }
 
 /// Reads the K and V bytes once, as 64-bit words summed: what the kernel must at least pay to read them.
@@ -118,6 +146,11 @@ BENCHMARK(BM_FmaPeak);
 BENCHMARK_TEMPLATE(BM_AttentionKernel, float)->Apply(kernel_sizes);
 BENCHMARK_TEMPLATE(BM_AttentionKernel, Eigen::half)->Apply(kernel_sizes);
 BENCHMARK_TEMPLATE(BM_AttentionKernel, Eigen::bfloat16)->Apply(kernel_sizes);
+void split_sizes(benchmark::internal::Benchmark* b) {
+  for (int n : {65536, 262144}) b->Args({n, 128, 3})->UseRealTime();
+}
+BENCHMARK_TEMPLATE(BM_AttentionKernelTwoThreads, float)->Apply(split_sizes);
+BENCHMARK_TEMPLATE(BM_AttentionKernelTwoThreads, Eigen::half)->Apply(split_sizes);
 BENCHMARK_TEMPLATE(BM_ReadOnlyPass, float)->Apply(pass_sizes);
 BENCHMARK_TEMPLATE(BM_ReadOnlyPass, Eigen::half)->Apply(pass_sizes);
 BENCHMARK_TEMPLATE(BM_ReadOnlyPass, Eigen::bfloat16)->Apply(pass_sizes);

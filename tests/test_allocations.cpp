@@ -9,6 +9,7 @@
 
 #include "cache_testing.hpp"
 #include "policies_under_test.hpp"
+#include "two_threads.hpp"
 
 namespace {
 std::atomic<long> g_allocations{0};
@@ -69,4 +70,38 @@ TEST(AllocationCounter, CountsAllocations) {
   std::vector<int> v(10);
   EXPECT_GT(g_allocations.load() - before, 0) << "the counter would miss allocations";
 }
+}  // namespace
+
+namespace {
+template <class Storage, class Policy>
+void expect_threaded_steps_allocate_nothing(const Policy& policy) {
+  // Key splits over a second thread (budget 4096: up to four ranges of 1024), 16-bit storage included: the
+  // steady state still allocates nothing, on either thread.
+  using Cache = kvevict::KVCache<Storage, Policy>;
+  constexpr int kSteps = 200, kFill = 4096;
+  const kvevict::Shape s{1, 6, 2, 16, kFill};
+  testing_support::TwoThreads threads;
+  kvevict::CacheOptions o;
+  o.max_chunk = 64;
+  o.rope = kvevict::Rope(s.head_dim, 10000.0);
+  o.attention.key_splits = 4;
+  o.attention.parallel_for = threads.parallel_for();
+  Cache cache(s, policy, o);
+  const testing_support::Stream<float> stream(s, kFill + kSteps, 8);
+  typename Cache::Matrix out(64, s.n_q_heads * s.head_dim);
+  auto step = [&](int t, int chunk) {
+    cache.forward(0, stream.q[0].middleRows(t, chunk), stream.k[0].middleRows(t, chunk),
+                  stream.v[0].middleRows(t, chunk), out.topRows(chunk));
+  };
+  for (int t = 0; t < kFill; t += 64) step(t, 64);
+  const long before = g_allocations.load();
+  for (int t = kFill; t < kFill + kSteps; ++t) step(t, 1);
+  EXPECT_EQ(g_allocations.load() - before, 0) << "heap allocations in " << kSteps << " threaded steps";
+  EXPECT_EQ(cache.size(0, 0), kFill);
+}
+
+TEST(SteadyStateThreaded, HalfStreamingLLMAllocatesNothing) {
+  expect_threaded_steps_allocate_nothing<Eigen::half>(kvevict::StreamingLLM{4});
+}
+TEST(SteadyStateThreaded, FloatH2OAllocatesNothing) { expect_threaded_steps_allocate_nothing<float>(kvevict::H2O{}); }
 }  // namespace

@@ -11,7 +11,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "cache_testing.hpp"
 #include "reference.hpp"
+#include "two_threads.hpp"
 
 namespace {
 using kvevict::Normalization;
@@ -292,4 +294,65 @@ void expect_widening_exact_for_every_pattern() {
 
 TEST(Widening, ExactForEveryHalf) { expect_widening_exact_for_every_pattern<Eigen::half>(); }
 TEST(Widening, ExactForEveryBfloat16) { expect_widening_exact_for_every_pattern<Eigen::bfloat16>(); }
+}  // namespace
+
+namespace {
+template <class Storage>
+void expect_key_splits_change_nothing_but_the_order_of_sums() {
+  // Split-K over two real threads: the weights are normalised over all keys at once, so they are bit for bit
+  // the serial kernel's; each range sums its own share of V and the shares are added after, which reorders
+  // float sums (a few roundings). 5000 keys: four splits of 1250, the last range short.
+  using Scalar = kvevict::compute_type_t<Storage>;
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  constexpr int kKeys = 5000, kDim = 64, kGroup = 3, kSplits = 4;
+  const Rows q = Rows::Random(1, kGroup * kDim);
+  const Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> k =
+      Rows::Random(kKeys, kDim).template cast<Storage>();
+  const Eigen::Matrix<Storage, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> v =
+      Rows::Random(kKeys, kDim).template cast<Storage>();
+  std::vector<std::int64_t> key_pos(kKeys);
+  for (int j = 0; j < kKeys; ++j) key_pos[std::size_t(j)] = j == 2500 ? kvevict::kFreeSlot : j;
+  const std::int64_t query_pos = kKeys - 2;  // the last key is in the future
+  auto run = [&](const kvevict::AttentionOptions& options, Rows& probs, Rows& out) {
+    Rows partial(kSplits * kGroup, kDim);
+    kvevict::GroupAttention<Scalar, Storage> g{};
+    g.queries = q.data();
+    g.query_stride = q.cols();
+    g.keys = k.data();
+    g.values = v.data();
+    g.key_pos = key_pos.data();
+    g.query_pos = &query_pos;
+    g.n_queries = 1;
+    g.group = kGroup;
+    g.capacity = kKeys;
+    g.head_dim = kDim;
+    g.probs = probs.data();
+    g.out = out.data();
+    g.out_stride = out.cols();
+    g.partial_out = partial.data();
+    kvevict::attend_group(g, options);
+  };
+  testing_support::TwoThreads threads;
+  kvevict::AttentionOptions serial, split;
+  split.key_splits = kSplits;
+  int jobs = 0, tasks = 0;
+  split.parallel_for = [&](int n, kvevict::TaskRef task) {
+    ++jobs;
+    tasks += n;
+    threads.run(n, task);
+  };
+  Rows probs_serial(kGroup, kKeys), probs_split(kGroup, kKeys), out_serial(1, kGroup * kDim),
+      out_split(1, kGroup * kDim);
+  run(serial, probs_serial, out_serial);
+  run(split, probs_split, out_split);
+  EXPECT_EQ(jobs, 2);  // the K pass and the V pass
+  EXPECT_EQ(tasks, 2 * kSplits);
+  EXPECT_TRUE(probs_serial == probs_split);
+  for (int i = 0; i < out_serial.cols(); ++i)
+    ASSERT_NEAR(double(out_split(0, i)), double(out_serial(0, i)), 1e-5 * (1 + std::abs(double(out_serial(0, i)))));
+  EXPECT_FALSE(out_serial == Rows::Zero(1, kGroup * kDim));
+}
+
+TEST(KeySplits, FloatWeightsAreTheSerialOnes) { expect_key_splits_change_nothing_but_the_order_of_sums<float>(); }
+TEST(KeySplits, HalfWeightsAreTheSerialOnes) { expect_key_splits_change_nothing_but_the_order_of_sums<Eigen::half>(); }
 }  // namespace

@@ -175,6 +175,12 @@ class Model {
     kvevict::CacheOptions o;
     o.max_chunk = max_chunk;
     o.rope = kvevict::Rope(c_.head_dim, c_.rope_theta, kvevict::RopeLayout::adjacent);  // GGUF's Q/K permutation
+    // Long caches split each group's keys across the engine's threads (one sequence alone; sequences side
+    // by side already fill them, and the pool then runs the splits in place).
+    o.attention.key_splits = std::min(pool_->size(), 256);
+    o.attention.parallel_for = [pool = pool_](int n, kvevict::TaskRef task) {
+      pool->parallel_for(n, [task](int i) { task(i); });
+    };
     return o;
   }
   /// The storage of the K/V of every cache made from now on.

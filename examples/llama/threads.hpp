@@ -41,7 +41,9 @@ class ThreadPool {
   /// Calls task(i) for every i in [0, n), spread over the threads; returns when all are done.
   void parallel_for(int n, const std::function<void(int)>& task) {
     if (n <= 0) return;
-    if (workers_.empty() || n == 1) {
+    // Called from inside a task (a sequence's attention splitting its keys while sequences run in
+    // parallel): every thread is busy already, so the tasks run here.
+    if (workers_.empty() || n == 1 || in_task_) {
       for (int i = 0; i < n; ++i) task(i);
       return;
     }
@@ -83,7 +85,9 @@ class ThreadPool {
   void run_tasks(std::uint32_t job) {
     for (std::uint64_t t = ticket_.load(); generation(t) == job && std::uint32_t(t) < std::uint32_t(n_tasks_.load());) {
       if (!ticket_.compare_exchange_weak(t, t + 1)) continue;
+      in_task_ = true;
       (*task_.load())(int(std::uint32_t(t)));  // the job cannot change before done_ counts this task
+      in_task_ = false;
       done_.fetch_add(1);
       t = ticket_.load();
     }
@@ -107,6 +111,7 @@ class ThreadPool {
     }
   }
 
+  static inline thread_local bool in_task_ = false;
   std::vector<std::thread> workers_;
   std::mutex mutex_;
   std::condition_variable wake_;

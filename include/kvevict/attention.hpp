@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "detail/widen.hpp"
@@ -17,15 +19,41 @@
 
 namespace kvevict {
 
-/// How attention weights are formed. `scale` <= 0 means 1/sqrt(head_dim).
+/// A task `void(int)` passed by reference: free to make and to pass, so handing work to an engine's threads
+/// allocates nothing. The callable must outlive the call it is passed to.
+class TaskRef {
+ public:
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, TaskRef>>>
+  TaskRef(F& task)  // NOLINT(google-explicit-constructor): made implicitly at the call
+      : object_(&task), call_([](void* object, int i) { (*static_cast<F*>(object))(i); }) {}
+  void operator()(int i) const { call_(object_, i); }
+
+ private:
+  void* object_;
+  void (*call_)(void*, int);
+};
+
+/// Runs task(0) ... task(n - 1), in any order and possibly at once, and returns when all are done: the
+/// engine's thread pool, as kvevict owns no threads. It may be called from inside another of its tasks
+/// (one kv cache per sequence, sequences in parallel): a pool that cannot nest should run the tasks there.
+using ParallelFor = std::function<void(int n, TaskRef task)>;
+
+/// How attention weights are formed, and how a group's work may be split. `scale` <= 0 means 1/sqrt(head_dim).
 struct AttentionOptions {
   Normalization normalization = Normalization::softmax;
   double scale = 0.0;
   /// One logit per query head, used with Normalization::sink_logit (as gpt-oss learns them).
   std::vector<double> sink_logits;
+  /// Split-K: the keys of a group in up to this many ranges of at least kMinKeysPerSplit, each a task of
+  /// `parallel_for`, their partial sums merged after. 1 (or no parallel_for): one pass, serial.
+  int key_splits = 1;
+  ParallelFor parallel_for;
 
   double scale_for(int head_dim) const { return scale > 0.0 ? scale : 1.0 / std::sqrt(double(head_dim)); }
 };
+
+/// Fewer keys than this per task cost more to hand to a thread than to attend (512 KiB of float K/V at 64).
+inline constexpr int kMinKeysPerSplit = 1024;
 
 /// One GQA group's attention over a slot table: the reference kernel the cache runs.
 ///
@@ -38,6 +66,8 @@ struct AttentionOptions {
 /// K and V may be stored in a narrower type than the kernel computes in (`Stored` = Eigen::half or
 /// Eigen::bfloat16 with `Scalar` = float): each block is converted once into an L1-resident tile that every
 /// query row of the group then reads, so the cache is read once, in its own bytes, and never copied whole.
+/// With key splits, the K and V passes run per range of keys as tasks of the options' parallel_for; the
+/// weights are still normalised over all keys at once, so they are exactly those of the serial kernel.
 /// @pre head_dim <= kMaxHeadDim
 template <class Scalar, class Stored = Scalar>
 struct GroupAttention {
@@ -53,6 +83,8 @@ struct GroupAttention {
   Scalar* out;     ///< row (t, h) at out + t * out_stride + h * head_dim
   std::ptrdiff_t out_stride;
   int used = -1;  ///< slots [used, capacity) are known free: skipped (weight 0); -1 for none known
+  /// Scratch for key splits: (key_splits - 1) x n_queries x group x head_dim; null: no splitting.
+  Scalar* partial_out = nullptr;
 };
 
 /// The widest head the kernel takes: a converted block of at least one row fits its tile (32 KiB in float).
@@ -71,37 +103,58 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
   // Rows of K or V per block (8-16 KiB in float at head_dim 64-128): stays in L1 across the group.
   constexpr int kBlock = 32;
   constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
-  // 16-bit rows are widened into this tile once per block; float and double rows are read in place.
-  alignas(64) Scalar tile[converts ? kMaxHeadDim : 1];
-  const std::ptrdiff_t block = converts ? std::min<std::ptrdiff_t>(kBlock, kMaxHeadDim / a.head_dim) : kBlock;
-  auto rows_of = [&](const Stored* base, std::ptrdiff_t j0, std::ptrdiff_t nb) {
-    if constexpr (converts) {
-      detail::widen(base + j0 * a.head_dim, tile, nb * a.head_dim);
-      return Eigen::Map<const Rows>(tile, nb, a.head_dim);
-    } else {
-      return Eigen::Map<const Rows>(base + j0 * a.head_dim, nb, a.head_dim);
-    }
-  };
   const Scalar scale = static_cast<Scalar>(options.scale_for(a.head_dim));
   const std::ptrdiff_t cap = a.capacity, d = a.head_dim;
   const std::ptrdiff_t used = a.used < 0 ? cap : std::min<std::ptrdiff_t>(a.used, cap);
   const int rows = a.n_queries * a.group;
+  const std::ptrdiff_t block = converts ? std::min<std::ptrdiff_t>(kBlock, kMaxHeadDim / d) : kBlock;
   auto query = [&](int r) { return a.queries + (r / a.group) * a.query_stride + (r % a.group) * d; };
   auto output = [&](int r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * d; };
+  // 16-bit rows are widened into a task's tile (on its stack) once per block; float and double rows are read
+  // in place.
+  struct alignas(64) Tile {
+    Scalar values[converts ? kMaxHeadDim : 1];
+  };
+  auto rows_of = [&](const Stored* base, std::ptrdiff_t j0, std::ptrdiff_t nb, Scalar* tile) {
+    if constexpr (converts) {
+      detail::widen(base + j0 * d, tile, nb * d);
+      return Eigen::Map<const Rows>(tile, nb, d);
+    } else {
+      static_cast<void>(tile);
+      return Eigen::Map<const Rows>(base + j0 * d, nb, d);
+    }
+  };
 
-  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += block) {
-    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
-    const Eigen::Map<const Rows> k = rows_of(a.keys, j0, nb);
-    for (int r = 0; r < rows; ++r) {
-      Eigen::Map<Column> logit(a.probs + r * cap + j0, nb);
-      logit.noalias() = scale * (k * Eigen::Map<const Column>(query(r), d));
-      const std::int64_t qp = a.query_pos[r / a.group];
-      for (std::ptrdiff_t j = 0; j < nb; ++j) {
-        const std::int64_t kp = a.key_pos[j0 + j];
-        if (kp < 0 || kp > qp) logit[j] = masked;
+  // Ranges of whole blocks, one task each.
+  const bool can_split = options.key_splits > 1 && options.parallel_for && a.partial_out != nullptr;
+  const int splits = can_split ? int(std::clamp<std::ptrdiff_t>(used / kMinKeysPerSplit, 1, options.key_splits)) : 1;
+  const std::ptrdiff_t per_split = (used + splits - 1) / splits;
+  const std::ptrdiff_t span = (per_split + block - 1) / block * block;
+  auto run = [&](int n, auto&& task) {
+    if (n == 1)
+      task(0);
+    else
+      options.parallel_for(n, TaskRef(task));
+  };
+
+  auto logits_of_range = [&](int split) {
+    Tile tile;
+    for (std::ptrdiff_t j0 = split * span; j0 < std::min(used, (split + 1) * span); j0 += block) {
+      const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
+      const Eigen::Map<const Rows> k = rows_of(a.keys, j0, nb, tile.values);
+      for (int r = 0; r < rows; ++r) {
+        Eigen::Map<Column> logit(a.probs + r * cap + j0, nb);
+        logit.noalias() = scale * (k * Eigen::Map<const Column>(query(r), d));
+        const std::int64_t qp = a.query_pos[r / a.group];
+        for (std::ptrdiff_t j = 0; j < nb; ++j) {
+          const std::int64_t kp = a.key_pos[j0 + j];
+          if (kp < 0 || kp > qp) logit[j] = masked;
+        }
       }
     }
-  }
+  };
+  run(splits, logits_of_range);
+
   for (int r = 0; r < rows; ++r) {
     Scalar* row = a.probs + r * cap;
     std::fill(row + used, row + cap, masked);
@@ -111,14 +164,25 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
                             : Scalar(0);
     normalize(row, static_cast<int>(used), options.normalization, sink);
     std::fill(row + used, row + cap, Scalar(0));
-    Eigen::Map<Row>(output(r), d).setZero();
   }
-  for (std::ptrdiff_t j0 = 0; j0 < used; j0 += block) {
-    const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
-    const Eigen::Map<const Rows> v = rows_of(a.values, j0, nb);
-    for (int r = 0; r < rows; ++r)
-      Eigen::Map<Row>(output(r), d).noalias() += Eigen::Map<const Row>(a.probs + r * cap + j0, nb) * v;
-  }
+
+  // Range 0 sums into the output, range s > 0 into its slice of the scratch, merged below.
+  auto destination = [&](int split, int r) {
+    return split == 0 ? output(r) : a.partial_out + (std::ptrdiff_t(split - 1) * rows + r) * d;
+  };
+  auto values_of_range = [&](int split) {
+    Tile tile;
+    for (int r = 0; r < rows; ++r) Eigen::Map<Row>(destination(split, r), d).setZero();
+    for (std::ptrdiff_t j0 = split * span; j0 < std::min(used, (split + 1) * span); j0 += block) {
+      const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
+      const Eigen::Map<const Rows> v = rows_of(a.values, j0, nb, tile.values);
+      for (int r = 0; r < rows; ++r)
+        Eigen::Map<Row>(destination(split, r), d).noalias() += Eigen::Map<const Row>(a.probs + r * cap + j0, nb) * v;
+    }
+  };
+  run(splits, values_of_range);
+  for (int split = 1; split < splits; ++split)
+    for (int r = 0; r < rows; ++r) Eigen::Map<Row>(output(r), d) += Eigen::Map<const Row>(destination(split, r), d);
 }
 
 /// Attention computed from scratch over whole matrices, for checking and for learners.

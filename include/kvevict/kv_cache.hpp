@@ -24,7 +24,7 @@ namespace kvevict {
 /// Settings of a cache beyond its shape.
 struct CacheOptions {
   int max_chunk = 64;          ///< most tokens one append() may add (prefill chunk); decode appends 1
-  AttentionOptions attention;  ///< normalisation, scale, sink logits
+  AttentionOptions attention;  ///< normalisation, scale, sink logits; key splits over the engine's threads
   Rope rope;                   ///< RoPE applied by the cache to appended keys and to queries; none by default
   bool check_finite = false;   ///< reject NaN/Inf in keys/values and queries, and keys/values beyond the storage range
 };
@@ -94,6 +94,9 @@ class KVCache {
     int widest = 0;
     for (int layer = 0; layer < shape_.n_layers; ++layer) widest = std::max(widest, capacity(layer));
     queries_.resize(options_.max_chunk, std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim);
+    if (options_.attention.key_splits > 1)
+      partial_out_.resize(std::ptrdiff_t(options_.attention.key_splits - 1) * options_.max_chunk * group,
+                          shape_.head_dim);
     key_row_.resize(shape_.head_dim);
     probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, widest);
     if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());
@@ -201,6 +204,7 @@ class KVCache {
       g.out = out.data() + head_offset;
       g.out_stride = out.outerStride();
       g.used = h.slots().high_water();
+      g.partial_out = partial_out_.size() > 0 ? partial_out_.data() : nullptr;
       attend_group(g, options_.attention, kv * group);
       h.observe(AttentionView<Scalar>{probs_.data(), logits, options_.attention.scale_for(d), query_pos_.data(),
                                       t_count, group, h.view()});
@@ -223,6 +227,8 @@ class KVCache {
     shape.validate();
     KVEVICT_REQUIRE(shape.head_dim <= kMaxHeadDim, "head_dim", "<= " + std::to_string(kMaxHeadDim), shape.head_dim);
     KVEVICT_REQUIRE(options.max_chunk > 0, "max_chunk", "> 0", options.max_chunk);
+    KVEVICT_REQUIRE(options.attention.key_splits >= 1 && options.attention.key_splits <= 256, "attention.key_splits",
+                    "in [1, 256]", options.attention.key_splits);
     KVEVICT_REQUIRE(!options.rope.enabled() || options.rope.head_dim() == shape.head_dim, "rope.head_dim",
                     "shape.head_dim = " + std::to_string(shape.head_dim), options.rope.head_dim());
     KVEVICT_REQUIRE(options.attention.normalization != Normalization::sink_logit ||
@@ -357,6 +363,7 @@ class KVCache {
   std::vector<KeyShifter> shifters_;  // per head: moves kept keys in in-cache position mode
   std::vector<StoredMatrix> keys_, values_;
   Matrix queries_, probs_, logits_;
+  Matrix partial_out_;                                // key splits: the partial outputs of ranges 1 ... key_splits - 1
   Eigen::Matrix<Scalar, 1, Eigen::Dynamic> key_row_;  // a key on its way in: rotated in the compute type
   std::vector<std::int64_t> query_pos_;
   std::vector<std::int64_t> n_seen_;

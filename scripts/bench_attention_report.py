@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Each attention kernel's share of its two yardsticks, from one bench_attention run.
+
+    ./build/ci-cxx17/benchmarks/bench_attention --benchmark_min_time=0.2 --benchmark_format=json > attention.json
+    python3 scripts/bench_attention_report.py attention.json
+
+Memory share: the kernel's bytes per second over the read-only pass's over the same K/V bytes (same storage
+type, tokens and head_dim). Arithmetic share: the kernel's FMAs per second (2 * n * group * head_dim per step)
+over this core's FMA rate (BM_FmaPeak). Also the 16-bit speed-up: float's time over each 16-bit type's.
+"""
+import json
+import sys
+
+TYPES = [("float", "f32"), ("Eigen::half", "f16"), ("Eigen::bfloat16", "bf16")]
+
+
+def main(path):
+    runs = json.load(open(path))["benchmarks"]
+    kernel, passes, peak = {}, {}, None
+    for r in runs:
+        name = r["name"]
+        if name == "BM_FmaPeak":
+            peak = r["fma"]
+            continue
+        head, *args = name.split("/")
+        kind, storage = head.rstrip(">").split("<")
+        if kind == "BM_AttentionKernel":
+            n, d, group = map(int, args[:3])
+            kernel[(storage, n, d, group)] = r
+        elif kind == "BM_ReadOnlyPass":
+            n, d = map(int, args[:2])
+            passes[(storage, n, d)] = r["bytes_per_second"]
+    print(f"FMA rate of one core: {peak / 1e9:.1f} G/s\n")
+    print("| head_dim | group | n | " + " | ".join(f"{t} us (mem / arith)" for _, t in TYPES)
+          + " | f32/f16 | f32/bf16 |")
+    print("|---|---|---|" + "---|" * (len(TYPES) + 2))
+    shapes = sorted({k[1:] for k in kernel}, key=lambda s: (s[1], s[2], s[0]))
+    for n, d, group in shapes:
+        cells = [str(d), str(group), f"{n // 1024}K" if n >= 1024 else str(n)]
+        times = {}
+        for storage, short in TYPES:
+            r = kernel[(storage, n, d, group)]
+            times[short] = r["real_time"]
+            memory = r["bytes_per_second"] / passes[(storage, n, d)]
+            arithmetic = r["fma"] / peak
+            cells.append(f"{r['real_time'] / 1e3:.1f} ({100 * memory:.0f}% / {100 * arithmetic:.0f}%)")
+        cells.append(f"{times['f32'] / times['f16']:.2f}")
+        cells.append(f"{times['f32'] / times['bf16']:.2f}")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

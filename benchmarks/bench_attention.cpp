@@ -38,21 +38,12 @@ struct Table {
 
   /// One query token of the whole group over all n keys.
   kvevict::GroupAttention<Scalar, Storage> kernel_args() {
-    kvevict::GroupAttention<Scalar, Storage> g{};
-    g.queries = q.data();
-    g.query_stride = q.cols();
-    g.keys = k.data();
-    g.values = v.data();
-    g.key_pos = pos.data();
-    g.query_pos = &query_pos;
-    g.n_queries = 1;
-    g.group = int(probs.rows());
-    g.capacity = int(k.rows());
-    g.head_dim = int(k.cols());
-    g.probs = probs.data();
-    g.out = out.data();
-    g.out_stride = out.cols();
-    return g;
+    return kvevict::GroupAttention<Scalar, Storage>{}
+        .with_queries(q.data(), q.cols(), &query_pos, 1)
+        .with_cache(k.data(), v.data(), pos.data(), int(k.rows()))
+        .with_heads(int(probs.rows()), int(k.cols()))
+        .with_weights(probs.data())
+        .with_output(out.data(), out.cols());
   }
 };
 
@@ -86,8 +77,7 @@ void BM_AttentionKernelTwoThreads(benchmark::State& state) {
   options.key_splits = 2;
   options.parallel_for = threads.parallel_for();
   typename Table<Storage>::Rows partial(group, d);
-  auto g = t.kernel_args();
-  g.partial_out = partial.data();
+  const auto g = t.kernel_args().with_split_scratch(partial.data());
   for (auto _ : state) {
     kvevict::attend_group(g, options);
     benchmark::DoNotOptimize(t.out.data());

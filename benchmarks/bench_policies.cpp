@@ -30,10 +30,13 @@ struct Step {
     for (int j = 0; j < capacity; ++j) pos[std::size_t(j)] = j;
   }
   void attend() {
-    kvevict::attend_group(
-        kvevict::GroupAttention<float>{q.data(), q.cols(), k.data(), v.data(), pos.data(), &query_pos, 1, kGroup,
-                                       capacity, d, probs.data(), logits.data(), out.data(), out.cols()},
-        kvevict::AttentionOptions{});
+    kvevict::attend_group(kvevict::GroupAttention<float>{}
+                              .with_queries(q.data(), q.cols(), &query_pos, 1)
+                              .with_cache(k.data(), v.data(), pos.data(), capacity)
+                              .with_heads(kGroup, d)
+                              .with_weights(probs.data(), logits.data())
+                              .with_output(out.data(), out.cols()),
+                          kvevict::AttentionOptions{});
   }
 };
 

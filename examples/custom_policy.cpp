@@ -82,22 +82,13 @@ int main() {
     values.row(slot) = v.row(t);
     evictor.admit(t, keys.row(slot).data(), values.row(slot).data());
     const std::int64_t position = t;
-    kvevict::GroupAttention<float> attention{};
-    attention.queries = q.row(t).data();
-    attention.query_stride = q.cols();
-    attention.keys = keys.data();
-    attention.values = values.data();
-    attention.key_pos = evictor.slots().positions();
-    attention.query_pos = &position;
-    attention.n_queries = 1;
-    attention.group = kGroup;
-    attention.capacity = head.capacity;
-    attention.head_dim = kHeadDim;
-    attention.probs = probs.data();
-    attention.logits = nullptr;
-    attention.out = row.data();
-    attention.out_stride = row.size();
-    attention.used = evictor.slots().high_water();
+    const auto attention = kvevict::GroupAttention<float>{}
+                               .with_queries(q.row(t).data(), q.cols(), &position, 1)
+                               .with_cache(keys.data(), values.data(), evictor.slots().positions(), head.capacity,
+                                           evictor.slots().high_water())
+                               .with_heads(kGroup, kHeadDim)
+                               .with_weights(probs.data())
+                               .with_output(row.data(), row.size());
     kvevict::attend_group(attention, kvevict::AttentionOptions{}, 0);
     // rule 2: show the weights to the policy; rule 3: evict back to the budget
     evictor.observe(kvevict::AttentionView<float>{probs.data(), nullptr, 0.25, &position, 1, kGroup, evictor.view()});

@@ -131,9 +131,12 @@ TEST(Attention, SkippingKnownFreeSlotsChangesNothing) {
         probs_used(2 * group, capacity), logits_all(2 * group, capacity), logits_used(2 * group, capacity);
     probs_used.setConstant(42.0f);  // stale values where the skipped slots are
     logits_used.setConstant(42.0f);
-    kvevict::GroupAttention<float> all{
-        q.data(), q.cols(), k.data(), v.data(),         pos.data(),        query_pos.data(), 2,
-        group,    capacity, d,        probs_all.data(), logits_all.data(), out_all.data(),   out_all.cols()};
+    const auto all = kvevict::GroupAttention<float>{}
+                         .with_queries(q.data(), q.cols(), query_pos.data(), 2)
+                         .with_cache(k.data(), v.data(), pos.data(), capacity)
+                         .with_heads(group, d)
+                         .with_weights(probs_all.data(), logits_all.data())
+                         .with_output(out_all.data(), out_all.cols());
     kvevict::GroupAttention<float> skipping = all;
     skipping.probs = probs_used.data();
     skipping.logits = logits_used.data();
@@ -181,21 +184,12 @@ class StoredKernel : public ::testing::Test {
   }
   static Rows run(const Setup& s, int d) {
     Rows out(kQueries, kGroup * d), probs(kQueries * kGroup, kSlots);
-    kvevict::GroupAttention<Scalar, Storage> g{};
-    g.queries = s.q.data();
-    g.query_stride = s.q.cols();
-    g.keys = s.k_stored.data();
-    g.values = s.v_stored.data();
-    g.key_pos = s.key_pos.data();
-    g.query_pos = s.query_pos.data();
-    g.n_queries = kQueries;
-    g.group = kGroup;
-    g.capacity = kSlots;
-    g.head_dim = d;
-    g.probs = probs.data();
-    g.logits = nullptr;
-    g.out = out.data();
-    g.out_stride = out.cols();
+    const auto g = kvevict::GroupAttention<Scalar, Storage>{}
+                       .with_queries(s.q.data(), s.q.cols(), s.query_pos.data(), kQueries)
+                       .with_cache(s.k_stored.data(), s.v_stored.data(), s.key_pos.data(), kSlots)
+                       .with_heads(kGroup, d)
+                       .with_weights(probs.data())
+                       .with_output(out.data(), out.cols());
     kvevict::attend_group(g, kvevict::AttentionOptions{});
     return out;
   }
@@ -315,21 +309,13 @@ void expect_key_splits_change_nothing_but_the_order_of_sums() {
   const std::int64_t query_pos = kKeys - 2;  // the last key is in the future
   auto run = [&](const kvevict::AttentionOptions& options, Rows& probs, Rows& out) {
     Rows partial(kSplits * kGroup, kDim);
-    kvevict::GroupAttention<Scalar, Storage> g{};
-    g.queries = q.data();
-    g.query_stride = q.cols();
-    g.keys = k.data();
-    g.values = v.data();
-    g.key_pos = key_pos.data();
-    g.query_pos = &query_pos;
-    g.n_queries = 1;
-    g.group = kGroup;
-    g.capacity = kKeys;
-    g.head_dim = kDim;
-    g.probs = probs.data();
-    g.out = out.data();
-    g.out_stride = out.cols();
-    g.partial_out = partial.data();
+    const auto g = kvevict::GroupAttention<Scalar, Storage>{}
+                       .with_queries(q.data(), q.cols(), &query_pos, 1)
+                       .with_cache(k.data(), v.data(), key_pos.data(), kKeys)
+                       .with_heads(kGroup, kDim)
+                       .with_weights(probs.data())
+                       .with_output(out.data(), out.cols())
+                       .with_split_scratch(partial.data());
     kvevict::attend_group(g, options);
   };
   testing_support::TwoThreads threads;

@@ -229,21 +229,13 @@ TEST(ExternalStore, SixteenBitEngineMemoryThroughTheLibraryKernel) {
     std::copy(stream.q[0].row(t).data(), stream.q[0].row(t).data() + kGroup * kDim, query.begin());
     for (int h = 0; h < kGroup; ++h) options.rope.rotate(query.data() + h * kDim, t);
     const std::int64_t query_pos = t;
-    kvevict::GroupAttention<float, Eigen::half> g{};
-    g.queries = query.data();
-    g.query_stride = kGroup * kDim;
-    g.keys = keys.data();
-    g.values = values.data();
-    g.key_pos = evictor.slots().positions();
-    g.query_pos = &query_pos;
-    g.n_queries = 1;
-    g.group = kGroup;
-    g.capacity = capacity;
-    g.head_dim = kDim;
-    g.probs = probs.data();
-    g.out = out.data();
-    g.out_stride = kGroup * kDim;
-    g.used = evictor.slots().high_water();
+    const auto g =
+        kvevict::GroupAttention<float, Eigen::half>{}
+            .with_queries(query.data(), kGroup * kDim, &query_pos, 1)
+            .with_cache(keys.data(), values.data(), evictor.slots().positions(), capacity, evictor.slots().high_water())
+            .with_heads(kGroup, kDim)
+            .with_weights(probs.data())
+            .with_output(out.data(), kGroup * kDim);
     kvevict::attend_group(g, options.attention);
     evictor.observe(kvevict::AttentionView<float>{probs.data(), nullptr, options.attention.scale_for(kDim), &query_pos,
                                                   1, kGroup, evictor.view()});

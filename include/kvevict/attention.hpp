@@ -85,6 +85,53 @@ struct GroupAttention {
   int used = -1;  ///< slots [used, capacity) are known free: skipped (weight 0); -1 for none known
   /// Scratch for key splits: (key_splits - 1) x n_queries x group x head_dim; null: no splitting.
   Scalar* partial_out = nullptr;
+
+  // Named construction, so that no two pointers or counts can be swapped silently:
+  //   GroupAttention<float, Eigen::half>{}.with_queries(q, stride, positions, 1).with_cache(k, v, key_pos, cap)
+  //       .with_heads(3, 64).with_weights(probs).with_output(out, stride)
+  GroupAttention with_queries(const Scalar* rows, std::ptrdiff_t stride, const std::int64_t* positions,
+                              int count) const {
+    GroupAttention g = *this;
+    g.queries = rows;
+    g.query_stride = stride;
+    g.query_pos = positions;
+    g.n_queries = count;
+    return g;
+  }
+  /// `slots` rows of K and V with their positions; `high_water`: slots from there on are known free (-1: none).
+  GroupAttention with_cache(const Stored* key_rows, const Stored* value_rows, const std::int64_t* positions, int slots,
+                            int high_water = -1) const {
+    GroupAttention g = *this;
+    g.keys = key_rows;
+    g.values = value_rows;
+    g.key_pos = positions;
+    g.capacity = slots;
+    g.used = high_water;
+    return g;
+  }
+  GroupAttention with_heads(int query_heads_per_kv_head, int dim) const {
+    GroupAttention g = *this;
+    g.group = query_heads_per_kv_head;
+    g.head_dim = dim;
+    return g;
+  }
+  GroupAttention with_weights(Scalar* weights, Scalar* scaled_logits = nullptr) const {
+    GroupAttention g = *this;
+    g.probs = weights;
+    g.logits = scaled_logits;
+    return g;
+  }
+  GroupAttention with_output(Scalar* rows, std::ptrdiff_t stride) const {
+    GroupAttention g = *this;
+    g.out = rows;
+    g.out_stride = stride;
+    return g;
+  }
+  GroupAttention with_split_scratch(Scalar* scratch) const {
+    GroupAttention g = *this;
+    g.partial_out = scratch;
+    return g;
+  }
 };
 
 /// The widest head the kernel takes: a converted block of at least one row fits its tile (32 KiB in float).
@@ -221,21 +268,13 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> attention
   Matrix probs(std::ptrdiff_t(t_count) * group, n);
   for (int kv = 0; kv < n_kv_heads; ++kv) {
     Matrix k = keys.middleCols(Eigen::Index(kv) * d, d), v = values.middleCols(Eigen::Index(kv) * d, d);
-    GroupAttention<Scalar> a{};
-    a.queries = queries.data() + std::ptrdiff_t(kv) * group * d;
-    a.query_stride = queries.outerStride();
-    a.keys = k.data();
-    a.values = v.data();
-    a.key_pos = key_pos.data();
-    a.query_pos = query_pos.data();
-    a.n_queries = t_count;
-    a.group = group;
-    a.capacity = n;
-    a.head_dim = d;
-    a.probs = probs.data();
-    a.logits = nullptr;
-    a.out = out.data() + std::ptrdiff_t(kv) * group * d;
-    a.out_stride = out.outerStride();
+    const auto a = GroupAttention<Scalar>{}
+                       .with_queries(queries.data() + std::ptrdiff_t(kv) * group * d, queries.outerStride(),
+                                     query_pos.data(), t_count)
+                       .with_cache(k.data(), v.data(), key_pos.data(), n)
+                       .with_heads(group, d)
+                       .with_weights(probs.data())
+                       .with_output(out.data() + std::ptrdiff_t(kv) * group * d, out.outerStride());
     attend_group(a, options, kv * group);
   }
   return out;

@@ -188,23 +188,14 @@ class KVCache {
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
       Evictor<Policy>& h = heads_[index(layer, kv)];
       const std::ptrdiff_t head_offset = std::ptrdiff_t(kv) * group * d;
-      GroupAttention<Scalar, Storage> g{};
-      g.queries = q.data() + head_offset;
-      g.query_stride = queries_.outerStride();
-      g.keys = keys_[index(layer, kv)].data();
-      g.values = values_[index(layer, kv)].data();
-      g.key_pos = h.slots().positions();
-      g.query_pos = query_pos_.data();
-      g.n_queries = t_count;
-      g.group = group;
-      g.capacity = h.context().capacity;
-      g.head_dim = d;
-      g.probs = probs_.data();
-      g.logits = logits;
-      g.out = out.data() + head_offset;
-      g.out_stride = out.outerStride();
-      g.used = h.slots().high_water();
-      g.partial_out = partial_out_.size() > 0 ? partial_out_.data() : nullptr;
+      const auto g = GroupAttention<Scalar, Storage>{}
+                         .with_queries(q.data() + head_offset, queries_.outerStride(), query_pos_.data(), t_count)
+                         .with_cache(keys_[index(layer, kv)].data(), values_[index(layer, kv)].data(),
+                                     h.slots().positions(), h.context().capacity, h.slots().high_water())
+                         .with_heads(group, d)
+                         .with_weights(probs_.data(), logits)
+                         .with_output(out.data() + head_offset, out.outerStride())
+                         .with_split_scratch(partial_out_.size() > 0 ? partial_out_.data() : nullptr);
       attend_group(g, options_.attention, kv * group);
       h.observe(AttentionView<Scalar>{probs_.data(), logits, options_.attention.scale_for(d), query_pos_.data(),
                                       t_count, group, h.view()});

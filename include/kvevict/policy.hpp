@@ -115,6 +115,8 @@ struct SlotView {
 };
 
 /// A token that has just been stored: its key (as stored, i.e. rotated if the cache applies RoPE) and value.
+/// `Scalar` is the storage type (Eigen::half or Eigen::bfloat16 in a 16-bit cache): read an element as
+/// `double(token.key[i])`, which works for every storage type.
 template <class Scalar>
 struct TokenView {
   int slot;

@@ -340,6 +340,34 @@ std::string error_of(Fn&& fn) {
   return "no error";
 }
 
+TEST(BadInput, SizesAreBoundedBeforeAnythingIsAllocated) {
+  // A mistyped size fails at once with InvalidArgument naming it, before any allocation (a bad_alloc or the
+  // process being killed would fail the test): each count against its stated maximum, then the product.
+  auto expect = [](const std::string& message, const std::string& wanted) {
+    EXPECT_NE(message.find(wanted), std::string::npos) << message;
+  };
+  expect(error_of([] { kvevict::DenseCache c(Shape{1, 1, 1, 8, 1 << 30}); }), "budget: expected in [1, 134217728]");
+  expect(error_of([] { kvevict::DenseCache c(Shape{1 << 20, 1, 1, 8, 8}); }), "n_layers: expected in [1, 65536]");
+  expect(error_of([] { kvevict::DenseCache c(Shape{1, 1 << 20, 1, 8, 8}); }), "n_q_heads: expected in [1, 65536]");
+  expect(error_of([] { kvevict::DenseCache c(Shape{1, 1, 1, 1 << 14, 8}); }), "head_dim: expected <= 8192");
+  expect(error_of([] {
+           CacheOptions o;
+           o.max_chunk = std::numeric_limits<int>::max();  // budget + max_chunk would overflow an int
+           kvevict::DenseCache c(Shape{1, 1, 1, 8, 8}, {}, o);
+         }),
+         "max_chunk: expected in [1, 65536]");
+  // Each count within bounds, the product not: SmolLM2's shape at 64M tokens per head is 2.9 TiB of K/V.
+  expect(error_of([] {
+           kvevict::StreamingCache c(Shape{30, 9, 3, 64, 1 << 26}, kvevict::StreamingLLM{4});
+         }),
+         "budget: expected a cache of at most max_bytes = 64 GiB");
+  // Heads sharing a layer's budget may each hold up to n_kv_heads x budget: that is bounded too.
+  expect(error_of([] {
+           kvevict::KVCache<float, kvevict::AdaptiveHeads<kvevict::H2O>> c(Shape{1, 4096, 4096, 8, 1 << 20});
+         }),
+         "at most 134217728 tokens in one head sharing its layer's budget");
+}
+
 TEST(BadInput, AccessorsCheckTheLayerAndTheKvHead) {
   const kvevict::H2OCache cache(Shape{2, 4, 2, 8, 8});
   EXPECT_NE(error_of([&] { cache.n_seen(5); }).find("layer: expected in [0, n_layers = 2), got 5"), std::string::npos);

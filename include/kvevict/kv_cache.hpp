@@ -27,6 +27,9 @@ struct CacheOptions {
   AttentionOptions attention;  ///< normalisation, scale, sink logits; key splits over the engine's threads
   Rope rope;                   ///< RoPE applied by the cache to appended keys and to queries; none by default
   bool check_finite = false;   ///< reject NaN/Inf in keys/values and queries, and keys/values beyond the storage range
+  /// The most memory a cache may ask for (K, V and the kernel's buffers), checked before allocating: a
+  /// mistyped budget fails with a message instead of taking the machine. Raise it for bigger caches.
+  double max_bytes = 64.0 * (1 << 30);
 };
 
 /// A KV cache that owns its K/V and evicts through `Policy`.
@@ -69,8 +72,11 @@ class KVCache {
     std::vector<int> budgets;  // per layer: a policy may give some layers their own (a schedule, L2's skipped layers)
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
       budgets.push_back(policy_traits<Policy>::layer_budget(policy, layer, shape_.n_layers, shape_.budget));
-      KVEVICT_REQUIRE(budgets.back() > 0, "layer_budget", "> 0 for layer " + std::to_string(layer), budgets.back());
+      KVEVICT_REQUIRE(budgets.back() > 0 && budgets.back() <= kMaxTokensPerHead, "layer_budget",
+                      "in [1, " + std::to_string(kMaxTokensPerHead) + "] for layer " + std::to_string(layer),
+                      budgets.back());
     }
+    check_memory(policy, budgets);
     const std::size_t heads = std::size_t(shape_.n_layers) * std::size_t(shape_.n_kv_heads);
     heads_.reserve(heads);
     shifters_.reserve(heads);
@@ -217,7 +223,8 @@ class KVCache {
   static const Shape& validated(const Shape& shape, const CacheOptions& options) {
     shape.validate();
     KVEVICT_REQUIRE(shape.head_dim <= kMaxHeadDim, "head_dim", "<= " + std::to_string(kMaxHeadDim), shape.head_dim);
-    KVEVICT_REQUIRE(options.max_chunk > 0, "max_chunk", "> 0", options.max_chunk);
+    KVEVICT_REQUIRE(options.max_chunk > 0 && options.max_chunk <= kMaxMaxChunk, "max_chunk",
+                    "in [1, " + std::to_string(kMaxMaxChunk) + "]", options.max_chunk);
     KVEVICT_REQUIRE(options.attention.key_splits >= 1 && options.attention.key_splits <= 256, "attention.key_splits",
                     "in [1, 256]", options.attention.key_splits);
     KVEVICT_REQUIRE(!options.rope.enabled() || options.rope.head_dim() == shape.head_dim, "rope.head_dim",
@@ -229,12 +236,37 @@ class KVCache {
     return shape;
   }
 
+  // Everything the constructor will allocate, in double so that no product overflows, against max_bytes.
+  void check_memory(const Policy& policy, const std::vector<int>& budgets) const {
+    double rows = 0.0, widest = 0.0;
+    for (int budget : budgets) {
+      const double capacity = double(head_limit(policy, budget)) + options_.max_chunk;
+      rows += capacity * shape_.n_kv_heads;
+      widest = std::max(widest, capacity);
+    }
+    const double bytes = 2.0 * rows * shape_.head_dim * sizeof(Storage) +
+                         double(options_.max_chunk) * shape_.group_size() * widest * sizeof(Scalar) *
+                             (policy_traits<Policy>::needs_logits ? 2 : 1);
+    if (bytes > options_.max_bytes) {
+      std::ostringstream expected, got;
+      expected << "a cache of at most max_bytes = " << options_.max_bytes / double(1 << 30)
+               << " GiB (n_layers x n_kv_heads x (budget + max_chunk) x head_dim x 2 x " << sizeof(Storage)
+               << " bytes, plus the attention weights)";
+      got << bytes / double(1 << 30) << " GiB";
+      detail::fail("budget", expected.str(), got.str());
+    }
+  }
+
   // The most tokens one head holds after a step: its budget, or with a shared budget the layer's total less
   // the floors of the other heads.
   int head_limit(const Policy& policy, int budget) const {
     if constexpr (!policy_traits<Policy>::shares_layer_budget) return budget;
-    const int floor = policy_traits<Policy>::head_floor(policy, budget);
-    return shape_.n_kv_heads * budget - (shape_.n_kv_heads - 1) * std::min(floor, budget);
+    const int floor = std::max(0, std::min(policy_traits<Policy>::head_floor(policy, budget), budget));
+    const std::int64_t limit = std::int64_t(shape_.n_kv_heads) * budget - std::int64_t(shape_.n_kv_heads - 1) * floor;
+    KVEVICT_REQUIRE(limit <= kMaxTokensPerHead, "budget",
+                    "at most " + std::to_string(kMaxTokensPerHead) + " tokens in one head sharing its layer's budget",
+                    limit);
+    return int(limit);
   }
 
   void evict_slot(int layer, int kv, int slot) {
@@ -347,6 +379,8 @@ class KVCache {
                     std::to_string(out.rows()) + "x" + std::to_string(out.cols()));
     check_finite(queries, "queries", false);
   }
+
+  static constexpr int kMaxMaxChunk = 1 << 16;  // tokens per append: far above any prefill chunk
 
   Shape shape_;
   CacheOptions options_;

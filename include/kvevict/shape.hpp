@@ -8,6 +8,13 @@
 
 namespace kvevict {
 
+/// Stated maxima, checked before anything is allocated: far beyond any model (the largest have ~128 layers
+/// and heads, head_dim 256, contexts of millions of tokens), small enough that no size computed from them
+/// overflows an int.
+inline constexpr int kMaxLayers = 1 << 16;
+inline constexpr int kMaxHeads = 1 << 16;
+inline constexpr int kMaxTokensPerHead = 1 << 27;  ///< budget of one (layer, kv head), 134M tokens
+
 /// The geometry of a cache: how many layers and heads, how wide a head, and how many tokens each
 /// (layer, kv head) keeps between steps. MHA has n_kv_heads == n_q_heads, MQA has n_kv_heads == 1,
 /// GQA anything in between that divides n_q_heads.
@@ -32,13 +39,16 @@ struct Shape {
 
   /// @throws InvalidArgument naming the first field that is out of range.
   void validate() const {
-    KVEVICT_REQUIRE(n_layers > 0, "n_layers", "> 0", n_layers);
-    KVEVICT_REQUIRE(n_q_heads > 0, "n_q_heads", "> 0", n_q_heads);
+    KVEVICT_REQUIRE(n_layers > 0 && n_layers <= kMaxLayers, "n_layers", "in [1, " + std::to_string(kMaxLayers) + "]",
+                    n_layers);
+    KVEVICT_REQUIRE(n_q_heads > 0 && n_q_heads <= kMaxHeads, "n_q_heads", "in [1, " + std::to_string(kMaxHeads) + "]",
+                    n_q_heads);
     KVEVICT_REQUIRE(n_kv_heads > 0, "n_kv_heads", "> 0", n_kv_heads);
     KVEVICT_REQUIRE(n_q_heads % n_kv_heads == 0, "n_kv_heads", "a divisor of n_q_heads = " + std::to_string(n_q_heads),
                     n_kv_heads);
     KVEVICT_REQUIRE(head_dim > 0, "head_dim", "> 0", head_dim);
-    KVEVICT_REQUIRE(budget > 0, "budget", "> 0", budget);
+    KVEVICT_REQUIRE(budget > 0 && budget <= kMaxTokensPerHead, "budget",
+                    "in [1, " + std::to_string(kMaxTokensPerHead) + "]", budget);
   }
 
  private:

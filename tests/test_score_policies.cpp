@@ -2,6 +2,8 @@
 // What makes H2O, AhaKV and L2Norm themselves: hand-computed cases, per-head selection, ties, bad input.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <algorithm>
 #include <kvevict/kvevict.hpp>
 #include <map>
@@ -522,8 +524,20 @@ TEST(ScorePolicies, BadParametersAreNamed) {
     p.window = window;
     return p;
   };
-  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(0)); }).find("window: expected > 0"), std::string::npos);
+  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(0)); }).find("window: expected in [1, 4096]"),
+            std::string::npos);
   EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(-3)); }).find("window"), std::string::npos);
+  // Sizes and gains that would fail later (a huge allocation, an infinite lambda) are refused up front.
+  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, aha(1 << 30)); }).find("window: expected in [1, 4096]"),
+            std::string::npos);
+  kvevict::AhaKV infinite_gain;
+  infinite_gain.max_gain = std::numeric_limits<double>::infinity();
+  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, infinite_gain); }).find("min_gain, max_gain: expected finite"),
+            std::string::npos);
+  kvevict::AhaKV wide_pool;
+  wide_pool.pool = 1 << 30;
+  EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, wide_pool); }).find("pool: expected in [1, 4096]"),
+            std::string::npos);
   const std::string h2o_error = error_of([&] { kvevict::H2OCache c(shape, h2o(8)); });
   EXPECT_NE(h2o_error.find("recent: expected in [0, budget = 8), got 8"), std::string::npos) << h2o_error;
   kvevict::L2Norm l2;

@@ -65,12 +65,17 @@ struct AhaKV {
                     r);
     return Protect{0, r};
   }
-  /// @throws InvalidArgument for window or pool <= 0, or a bad gain range.
+  /// The largest `window` and `pool`: the window keeps window x capacity floats per head (the paper uses 32).
+  static constexpr int kMaxWindow = 4096;
+
+  /// @throws InvalidArgument for window or pool outside [1, kMaxWindow], or a gain range that is not
+  /// finite with 0 < min_gain <= max_gain.
   void init(const HeadContext& context) {
-    KVEVICT_REQUIRE(window > 0, "window", "> 0 (the r of recent accumulation)", window);
-    KVEVICT_REQUIRE(pool > 0, "pool", "> 0", pool);
-    KVEVICT_REQUIRE(min_gain > 0 && max_gain >= min_gain, "min_gain, max_gain", "0 < min_gain <= max_gain",
-                    std::to_string(min_gain) + ", " + std::to_string(max_gain));
+    KVEVICT_REQUIRE(window > 0 && window <= kMaxWindow, "window",
+                    "in [1, " + std::to_string(kMaxWindow) + "] (the r of recent accumulation)", window);
+    KVEVICT_REQUIRE(pool > 0 && pool <= kMaxWindow, "pool", "in [1, " + std::to_string(kMaxWindow) + "]", pool);
+    KVEVICT_REQUIRE(min_gain > 0 && max_gain >= min_gain && std::isfinite(max_gain), "min_gain, max_gain",
+                    "finite, 0 < min_gain <= max_gain", std::to_string(min_gain) + ", " + std::to_string(max_gain));
     budget_ = context.budget;
     head_dim_ = context.head_dim;
     const auto cap = std::size_t(context.capacity);

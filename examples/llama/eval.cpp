@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -104,6 +105,21 @@ const char* const kUsage =
   std::exit(2);
 }
 
+/// The whole of `v` as an integer, or std::invalid_argument: "12abc" is not 12.
+long strict_long(const std::string& v) {
+  std::size_t used = 0;
+  const long n = std::stol(v, &used);
+  if (used != v.size()) throw std::invalid_argument("trailing characters");
+  return n;
+}
+
+int strict_int(const std::string& v) {
+  const long n = strict_long(v);
+  if (n < std::numeric_limits<int>::min() || n > std::numeric_limits<int>::max())
+    throw std::out_of_range("beyond an int");
+  return int(n);
+}
+
 std::vector<std::string> split(const std::string& s, char separator = ',') {
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -147,30 +163,30 @@ Options parse(int argc, char** argv) {
       else if (a == "--attention-map")
         o.attention_map = v;
       else if (a == "--tokens")
-        o.tokens = std::stoi(v);
+        o.tokens = strict_int(v);
       else if (a == "--dense-tokens")
-        o.run_tokens.emplace_back("dense", std::stoi(v));  // the same as --run-tokens dense=N
+        o.run_tokens.emplace_back("dense", strict_int(v));  // the same as --run-tokens dense=N
       else if (a == "--run-tokens") {
         for (const auto& entry : split(v)) {
           const auto eq = entry.find('=');
           if (eq == std::string::npos) usage("--run-tokens takes LABEL=N entries: " + entry);
-          o.run_tokens.emplace_back(entry.substr(0, eq), std::stoi(entry.substr(eq + 1)));
+          o.run_tokens.emplace_back(entry.substr(0, eq), strict_int(entry.substr(eq + 1)));
         }
       } else if (a == "--skip-chars")
-        o.skip_chars = std::stol(v);
+        o.skip_chars = strict_long(v);
       else if (a == "--recompute-every")
-        o.recompute_every = std::stoi(v);
+        o.recompute_every = strict_int(v);
       else if (a == "--recompute-range") {
         const auto colon = v.find(':');
         if (colon == std::string::npos) usage("--recompute-range takes FIRST:COUNT");
-        o.recompute_first = std::stoi(v.substr(0, colon));
-        o.recompute_count = std::stoi(v.substr(colon + 1));
+        o.recompute_first = strict_int(v.substr(0, colon));
+        o.recompute_count = strict_int(v.substr(colon + 1));
         if (o.recompute_first < 1 || o.recompute_count < 1)
           usage("--recompute-range: FIRST and COUNT must be positive");
       } else if (a == "--bucket")
-        o.bucket = std::stoi(v);
+        o.bucket = strict_int(v);
       else if (a == "--threads")
-        o.threads = std::stoi(v);
+        o.threads = strict_int(v);
       else if (a == "--kv-type")
         o.kv_type = v;
       else if (a == "--compare")
@@ -179,7 +195,7 @@ Options parse(int argc, char** argv) {
         o.policies = split(v);
       else if (a == "--budgets") {
         o.budgets.clear();
-        for (const auto& b : split(v)) o.budgets.push_back(std::stoi(b));
+        for (const auto& b : split(v)) o.budgets.push_back(strict_int(b));
       } else
         usage("unknown option " + a);
     } catch (const std::logic_error&) {
@@ -187,6 +203,13 @@ Options parse(int argc, char** argv) {
     }
   }
   if (o.model.empty() || o.texts.empty()) usage("--model and --text are required");
+  if (o.policies.empty()) usage("--policies names no policy");
+  if (o.budgets.empty()) usage("--budgets names no budget");
+  // An output that cannot be written fails now, not after the run.
+  for (const auto& [option, path] : {std::pair<const char*, const std::string&>{"--csv", o.csv},
+                                     {"--bucket-csv", o.bucket_csv},
+                                     {"--attention-map", o.attention_map}})
+    if (!path.empty() && !std::ofstream(path, std::ios::app)) usage(std::string(option) + ": cannot write " + path);
   if (o.tokens < 2) usage("--tokens must be at least 2");
   for (const auto& [label, n] : o.run_tokens)
     if (n < 2 || n > o.tokens) usage("--run-tokens " + label + " must be in [2, --tokens]");
@@ -278,7 +301,7 @@ std::unique_ptr<llama::SequenceCache> make(const llama::Model& m, const std::str
   if (name == "streaming" || name == "streaming-nl") return m.make_cache(budget, kvevict::StreamingLLM{4}, 4);
   if (name.rfind("streaming:", 0) == 0) {
     try {
-      return m.make_cache(budget, kvevict::StreamingLLM{std::stoi(name.substr(10))}, 4);
+      return m.make_cache(budget, kvevict::StreamingLLM{strict_int(name.substr(10))}, 4);
     } catch (const std::logic_error&) {
       usage("bad number of sinks in " + name);
     }

@@ -3,10 +3,12 @@
 
     long_report.py RUN_DIR DOCS_DIR
 
-RUN_DIR holds six_novels_nll.csv (and pride_nll.csv if run B was made, long_nll.csv if run L was). Writes DOCS_DIR/past_window.png and
+RUN_DIR holds six_novels_nll.csv (and pride_nll.csv if run B was made, long_nll.csv if run L was, cachepos_nll.csv
+if run P was). Writes DOCS_DIR/past_window.png and
 DOCS_DIR/long_run.png, and prints markdown tables: perplexity per policy in 1024-token buckets starting at
 about 1K, 4K, 8K, 12K, 16K, 24K and 32K tokens, each with a 95% block-bootstrap interval; paired comparisons
-past the window (tokens 8192 onward); and the long run in buckets of 10,000 tokens.
+past the window (tokens 8192 onward); H2O and AhaKV at positions within the cache against the same policies at
+their original positions; and the long run in buckets of 10,000 tokens.
 """
 import math
 import os
@@ -109,6 +111,39 @@ def plot_buckets(ax, tokens, labels, nll, width, title):
     ax.grid(alpha=0.3)
 
 
+def positions_test(run_dir, six):
+    """Step P: H2O and AhaKV with positions within the cache against the same policies at original positions
+    (step A) and against StreamingLLM, on the same tokens past the trained window."""
+    path = os.path.join(run_dir, "cachepos_nll.csv")
+    if six is None or not os.path.exists(path):
+        return
+    tokens, labels, nll = load(path)
+    t6, l6, n6 = six
+    common = np.intersect1d(tokens, t6)
+    rows, rows6 = np.searchsorted(tokens, common), np.searchsorted(t6, common)
+    merged = {label: nll[rows, labels.index(label)] for label in labels}
+    for label in l6:
+        if label.split("/")[0] in ("streaming", "h2o", "ahakv"):
+            merged[label] = n6[rows6, l6.index(label)]
+    names = sorted(merged, key=lambda l: (int(l.split("/")[1]), l))
+    matrix = np.column_stack([merged[n] for n in names])
+    past_window_table("Positions within the cache (step P) beside step A", common, names, matrix)
+    keep = common >= CONTEXT
+    print(f"\n#### Positions within the cache: paired ratios on tokens {CONTEXT:,}-{int(common.max()):,}\n")
+    print("| A | B | A/B | 95% interval | verdict |")
+    print("|---|---|---|---|---|")
+    for budget in (256, 1024):
+        for policy in ("h2o", "ahakv"):
+            a = f"{policy}-cachepos/{budget}"
+            for b in (f"{policy}/{budget}", f"streaming/{budget}"):
+                if a not in merged or b not in merged:
+                    continue
+                n, mean, lo, hi = paired_bootstrap(common[keep], merged[a][keep], merged[b][keep], BLOCK, RESAMPLES,
+                                                   SEED)
+                verdict = f"{a} lower" if hi < 0 else f"{b} lower" if lo > 0 else "no difference shown"
+                print(f"| {a} | {b} | {math.exp(mean):.3f} | [{math.exp(lo):.3f}, {math.exp(hi):.3f}] | {verdict} |")
+
+
 def main(run_dir, docs):
     texts = [("six_novels", "Six Austen novels in one stream, from Emma"),
              ("pride", "Pride and Prejudice, then Sense and Sensibility")]
@@ -129,6 +164,8 @@ def main(run_dir, docs):
         window = tokens <= 32768
         past_window_table(title, tokens[window], labels, nll[window])
         comparisons(title, tokens, labels, nll, CONTEXT, 32768)
+
+    positions_test(run_dir, data.get("six_novels"))
 
     long_csv = os.path.join(run_dir, "long_nll.csv")  # step L; older runs carried it in six_novels
     source = load(long_csv) if os.path.exists(long_csv) else data.get("six_novels")

@@ -125,24 +125,39 @@ class Model {
   explicit Model(const gguf::File& file) {
     if (file.get<std::string>("general.architecture") != "llama")
       throw gguf::GgufError("only the llama architecture is supported");
-    c_.n_layers = int(file.integer("llama.block_count"));
-    c_.n_embd = int(file.integer("llama.embedding_length"));
-    c_.n_heads = int(file.integer("llama.attention.head_count"));
-    c_.n_kv_heads = int(file.integer("llama.attention.head_count_kv"));
-    c_.n_ff = int(file.integer("llama.feed_forward_length"));
+    // Every count is checked before it sizes or divides anything: a model file is input like any other.
+    c_.n_layers = count(file, "llama.block_count");
+    c_.n_embd = count(file, "llama.embedding_length");
+    c_.n_heads = count(file, "llama.attention.head_count");
+    c_.n_kv_heads = count(file, "llama.attention.head_count_kv");
+    c_.n_ff = count(file, "llama.feed_forward_length");
+    if (c_.n_embd % c_.n_heads != 0 || (c_.n_embd / c_.n_heads) % 2 != 0)
+      throw gguf::GgufError("llama.attention.head_count: " + std::to_string(c_.n_heads) +
+                            " does not split llama.embedding_length = " + std::to_string(c_.n_embd) +
+                            " into heads of even width");
+    if (c_.n_heads % c_.n_kv_heads != 0)
+      throw gguf::GgufError("llama.attention.head_count_kv: " + std::to_string(c_.n_kv_heads) +
+                            " does not divide llama.attention.head_count = " + std::to_string(c_.n_heads));
     c_.head_dim = c_.n_embd / c_.n_heads;
-    c_.rms_eps = file.number("llama.attention.layer_norm_rms_epsilon");
-    c_.rope_theta = file.has("llama.rope.freq_base") ? file.number("llama.rope.freq_base") : 10000.0;
+    c_.rms_eps =
+        positive("llama.attention.layer_norm_rms_epsilon", file.number("llama.attention.layer_norm_rms_epsilon"));
+    c_.rope_theta = file.has("llama.rope.freq_base")
+                        ? positive("llama.rope.freq_base", file.number("llama.rope.freq_base"))
+                        : 10000.0;
     if (file.has("llama.rope.dimension_count") && file.integer("llama.rope.dimension_count") != c_.head_dim)
       throw gguf::GgufError("partial RoPE is not supported");
-    embed_ = weight(file, "token_embd.weight", -1, c_.n_embd);
+    // The tokenizer's ids index the embedding: it must have a row for each.
+    const int vocab = file.has("tokenizer.ggml.tokens")
+                          ? int(file.get<std::vector<std::string>>("tokenizer.ggml.tokens").size())
+                          : -1;
+    embed_ = weight(file, "token_embd.weight", vocab, c_.n_embd);
     c_.vocab = int(embed_.rows());
-    output_norm_ = load(file, "output_norm.weight");
+    output_norm_ = load(file, "output_norm.weight", 1, c_.n_embd);
     for (int l = 0; l < c_.n_layers; ++l) {
       const std::string p = "blk." + std::to_string(l) + ".";
       Layer layer;
-      layer.attn_norm = load(file, p + "attn_norm.weight");
-      layer.ffn_norm = load(file, p + "ffn_norm.weight");
+      layer.attn_norm = load(file, p + "attn_norm.weight", 1, c_.n_embd);
+      layer.ffn_norm = load(file, p + "ffn_norm.weight", 1, c_.n_embd);
       layer.wq = weight(file, p + "attn_q.weight", c_.n_embd, c_.n_embd);
       layer.wk = weight(file, p + "attn_k.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
       layer.wv = weight(file, p + "attn_v.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
@@ -360,21 +375,36 @@ class Model {
     return Weight(t);
   }
 
-  static void check_shape(const gguf::TensorInfo& t, int rows, int cols) {
-    const auto n_cols = Eigen::Index(t.dims[0]);
-    const auto n_rows = Eigen::Index(t.n_elements / t.dims[0]);
-    if ((rows >= 0 && n_rows != rows) || (cols >= 0 && n_cols != cols))
-      throw gguf::GgufError("tensor " + t.name + ": unexpected shape " + std::to_string(n_rows) + "x" +
-                            std::to_string(n_cols));
+  static int count(const gguf::File& file, const std::string& key) {
+    constexpr std::int64_t kLargest = 1 << 20;  // far beyond any model's layers, widths or heads
+    const std::int64_t n = file.integer(key);
+    if (n < 1 || n > kLargest)
+      throw gguf::GgufError(key + ": expected in [1, " + std::to_string(kLargest) + "], got " + std::to_string(n));
+    return int(n);
   }
 
-  static Matrix load(const gguf::File& file, const std::string& name, int rows = -1, int cols = -1) {
-    const auto& t = file.tensor(name);
+  static double positive(const std::string& key, double value) {
+    if (!(value > 0.0) || !std::isfinite(value))
+      throw gguf::GgufError(key + ": expected a finite value > 0, got " + std::to_string(value));
+    return value;
+  }
+
+  static void check_shape(const gguf::TensorInfo& t, int rows, int cols) {
+    if (t.dims.empty() || t.dims[0] == 0)
+      throw gguf::GgufError("tensor " + t.name + ": expected " + std::to_string(rows) + "x" + std::to_string(cols) +
+                            ", got an empty shape");
     const auto n_cols = Eigen::Index(t.dims[0]);
     const auto n_rows = Eigen::Index(t.n_elements / t.dims[0]);
     if ((rows >= 0 && n_rows != rows) || (cols >= 0 && n_cols != cols))
-      throw gguf::GgufError("tensor " + name + ": unexpected shape " + std::to_string(n_rows) + "x" +
-                            std::to_string(n_cols));
+      throw gguf::GgufError("tensor " + t.name + ": expected " + (rows >= 0 ? std::to_string(rows) : "any") + "x" +
+                            std::to_string(cols) + ", got " + std::to_string(n_rows) + "x" + std::to_string(n_cols));
+  }
+
+  static Matrix load(const gguf::File& file, const std::string& name, int rows, int cols) {
+    const auto& t = file.tensor(name);
+    check_shape(t, rows, cols);
+    const auto n_cols = Eigen::Index(t.dims[0]);
+    const auto n_rows = Eigen::Index(t.n_elements / t.dims[0]);
     Matrix m(n_rows, n_cols);
     gguf::dequantize(t, m.data());
     return m;

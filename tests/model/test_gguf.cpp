@@ -6,10 +6,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <random>
+#include <string>
 
 #include "gguf.hpp"
+#include "model.hpp"
 #include "model_assets.hpp"
 #include "tokenizer.hpp"
 
@@ -115,6 +119,58 @@ TEST(Gguf, MissingFileIsNamed) {
   } catch (const gguf::GgufError& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/model.gguf"), std::string::npos);
   }
+}
+
+// A copy of the real file with `bytes` written at the offset `locate` finds, loaded as a model: the error it
+// gives (or "no error").
+template <class Locate>
+std::string model_error_with(Locate&& locate, const std::string& bytes) {
+  std::string edited = model_bytes();
+  const std::size_t at = locate(edited);
+  if (at == std::string::npos) return "field not found";
+  edited.replace(at, bytes.size(), bytes);
+  const std::string path = temp_path("edited");
+  { std::ofstream(path, std::ios::binary).write(edited.data(), std::streamsize(edited.size())); }
+  std::string message = "no error";
+  try {
+    const gguf::File file(path);
+    llama::Model model(file);
+  } catch (const gguf::GgufError& e) {
+    message = e.what();
+  }
+  std::remove(path.c_str());
+  return message;
+}
+
+template <class T>
+std::string bytes_of(T value) {
+  return std::string(reinterpret_cast<const char*>(&value), sizeof value);
+}
+
+// Where the value of a metadata key starts: after the key's bytes and its 4-byte type.
+std::size_t value_of(const std::string& file, const std::string& key) {
+  const std::string quoted = bytes_of(std::uint64_t(key.size())) + key;
+  const std::size_t at = file.find(quoted);
+  return at == std::string::npos ? at : at + quoted.size() + 4;
+}
+
+TEST(ModelValidation, AHeadCountOfZeroIsNamedNotDividedBy) {
+  const std::string message = model_error_with(
+      [](const std::string& f) { return value_of(f, "llama.attention.head_count"); }, bytes_of(std::uint32_t(0)));
+  EXPECT_NE(message.find("llama.attention.head_count: expected in [1, 1048576], got 0"), std::string::npos) << message;
+}
+
+TEST(ModelValidation, AnEmbeddingShorterThanTheVocabularyIsRefused) {
+  // token_embd.weight with 1000 rows where the tokenizer has 49152 ids: the second dimension of its tensor
+  // info (name, then a u32 count of dimensions, then u64 dimensions) edited in place.
+  const std::string message = model_error_with(
+      [](const std::string& f) {
+        const std::string name = "token_embd.weight";
+        const std::size_t at = f.find(bytes_of(std::uint64_t(name.size())) + name);
+        return at == std::string::npos ? at : at + 8 + name.size() + 4 + 8;
+      },
+      bytes_of(std::uint64_t(1000)));
+  EXPECT_NE(message.find("tensor token_embd.weight: expected 49152x576, got 1000x576"), std::string::npos) << message;
 }
 
 const llama::Tokenizer& tokenizer() {

@@ -6,7 +6,8 @@
 
 Memory share: the kernel's bytes per second over the read-only pass's over the same K/V bytes (same storage
 type, tokens and head_dim). Arithmetic share: the kernel's FMAs per second (2 * n * group * head_dim per step)
-over this core's FMA rate (BM_FmaPeak). Also the 16-bit speed-up: float's time over each 16-bit type's.
+over this core's FMA rate (BM_FmaPeak). Also the 16-bit speed-up (float's time over each 16-bit type's) and
+the speed-up of a second thread (BM_AttentionKernelTwoThreads).
 """
 import json
 import sys
@@ -16,7 +17,7 @@ TYPES = [("float", "f32"), ("Eigen::half", "f16"), ("Eigen::bfloat16", "bf16")]
 
 def main(path):
     runs = json.load(open(path))["benchmarks"]
-    kernel, passes, peak = {}, {}, None
+    kernel, passes, two, peak = {}, {}, {}, None
     for r in runs:
         name = r["name"]
         if name == "BM_FmaPeak":
@@ -27,6 +28,9 @@ def main(path):
         if kind == "BM_AttentionKernel":
             n, d, group = map(int, args[:3])
             kernel[(storage, n, d, group)] = r
+        elif kind == "BM_AttentionKernelTwoThreads":
+            n, d, group = map(int, args[:3])
+            two[(storage, n, d, group)] = r["real_time"]
         elif kind == "BM_ReadOnlyPass":
             n, d = map(int, args[:2])
             passes[(storage, n, d)] = r["bytes_per_second"]
@@ -47,6 +51,14 @@ def main(path):
         cells.append(f"{times['f32'] / times['f16']:.2f}")
         cells.append(f"{times['f32'] / times['bf16']:.2f}")
         print("| " + " | ".join(cells) + " |")
+    if two:
+        print("\nTwo threads (keys split in two ranges) against one:\n")
+        print("| storage | head_dim | group | n | one thread us | two threads us | speed-up |")
+        print("|---|---|---|---|---|---|---|")
+        for (storage, n, d, group), t2 in sorted(two.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            t1 = kernel[(storage, n, d, group)]["real_time"]
+            short = dict(TYPES)[storage]
+            print(f"| {short} | {d} | {group} | {n // 1024}K | {t1 / 1e3:.0f} | {t2 / 1e3:.0f} | {t1 / t2:.2f} |")
 
 
 if __name__ == "__main__":

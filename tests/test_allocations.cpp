@@ -75,10 +75,10 @@ TEST(AllocationCounter, CountsAllocations) {
 namespace {
 template <class Storage, class Policy>
 void expect_threaded_steps_allocate_nothing(const Policy& policy) {
-  // Key splits over a second thread (budget 4096: up to four ranges of 1024), 16-bit storage included: the
-  // steady state still allocates nothing, on either thread.
+  // Key splits over a second thread (budget 2048: two ranges of 1024), 16-bit storage included: the steady
+  // state still allocates nothing, on either thread.
   using Cache = kvevict::KVCache<Storage, Policy>;
-  constexpr int kSteps = 200, kFill = 4096;
+  constexpr int kSteps = 50, kFill = 2048;
   const kvevict::Shape s{1, 6, 2, 16, kFill};
   testing_support::TwoThreads threads;
   kvevict::CacheOptions o;

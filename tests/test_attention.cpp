@@ -240,8 +240,8 @@ TYPED_TEST(StoredKernel, StaysWithinTheStorageRoundingOfExactAttention) {
   // itself. That bound doubled (the first-order terms are not the whole story for bfloat16's large u), plus
   // 100 roundings of the compute type for the sums of ~200 terms, must hold for every output.
   using Fixture = TestFixture;
-  const double u = kvevict::storage_traits<TypeParam>::unit_roundoff;
-  const double compute_u = kvevict::storage_traits<typename Fixture::Scalar>::unit_roundoff;
+  const double u = kvevict::storage_traits<TypeParam>::unit_roundoff();
+  const double compute_u = kvevict::storage_traits<typename Fixture::Scalar>::unit_roundoff();
   const int d = 64;
   const auto s = Fixture::make(d, 22);
   const auto out = Fixture::run(s, d);

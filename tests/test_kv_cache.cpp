@@ -279,7 +279,7 @@ TEST_P(SinkKeyOverLongStreams, StaysOnItsExactRotation) {
     auto cache = sink_cache<Storage>(c.layout);
     key = stream_after_sink(cache, testing_support::random_matrix<typename decltype(cache)::Matrix>(rng, 1, kSinkDim),
                             kSteps);
-    unit_roundoff = kvevict::storage_traits<Storage>::unit_roundoff;
+    unit_roundoff = kvevict::storage_traits<Storage>::unit_roundoff();
   };
   switch (c.storage) {
     case Stored::f32:

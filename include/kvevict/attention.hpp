@@ -140,6 +140,7 @@ inline constexpr int kMaxHeadDim = 8192;
 /// Runs one group. `first_q_head` is the group's first query head, to pick its sink logits.
 template <class Scalar, class Stored>
 void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOptions& options, int first_q_head = 0) {
+  static_assert(is_storage_type_v<Stored>, "kvevict: K/V are stored as float, double, Eigen::half or Eigen::bfloat16");
   static_assert(std::is_same_v<Scalar, compute_type_t<Stored>>,
                 "kvevict: attend_group computes in compute_type_t<Stored>: float for float, Eigen::half and "
                 "Eigen::bfloat16 storage, double for double");

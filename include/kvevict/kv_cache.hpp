@@ -337,9 +337,10 @@ class KVCache {
     if (!m.allFinite()) detail::fail(name, "finite values (check_finite is on)", "NaN or Inf");
     using traits = storage_traits<Storage>;
     const double widest = stored ? double(m.cwiseAbs().maxCoeff()) : 0.0;
-    if (widest > traits::largest) {
+    if (widest > traits::largest()) {
       std::ostringstream expected;
-      expected << "|x| <= " << traits::largest << ", the range of " << traits::name << " storage (check_finite is on)";
+      expected << "|x| <= " << traits::largest() << ", the range of " << traits::name
+               << " storage (check_finite is on)";
       detail::fail(name, expected.str(), widest);
     }
   }

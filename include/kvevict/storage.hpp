@@ -18,50 +18,32 @@
 /// | Eigen::bfloat16  | 2     | float       | 2^-8 relative              | 3.4e38         |
 
 #include <Eigen/Core>
+#include <cmath>
+#include <limits>
 #include <type_traits>
 
 namespace kvevict {
 
-/// The facts about a storage type; specialised for the four kvevict supports.
+namespace detail {
+template <class Storage, class... Supported>
+inline constexpr bool one_of_v = (std::is_same_v<Storage, Supported> || ...);
+}  // namespace detail
+
+/// The facts about a storage type, from std::numeric_limits (which Eigen specialises for half and bfloat16).
 template <class Storage>
 struct storage_traits {
-  static constexpr bool supported = false;
-};
-
-template <>
-struct storage_traits<float> {
-  static constexpr bool supported = true;
-  using compute = float;
-  static constexpr double unit_roundoff = 0x1p-24;
-  static constexpr double largest = 3.4028234663852886e38;
-  static constexpr const char* name = "f32";
-};
-
-template <>
-struct storage_traits<double> {
-  static constexpr bool supported = true;
-  using compute = double;
-  static constexpr double unit_roundoff = 0x1p-53;
-  static constexpr double largest = 1.7976931348623157e308;
-  static constexpr const char* name = "f64";
-};
-
-template <>
-struct storage_traits<Eigen::half> {
-  static constexpr bool supported = true;
-  using compute = float;
-  static constexpr double unit_roundoff = 0x1p-11;
-  static constexpr double largest = 65504.0;  // beyond it a stored value becomes infinite
-  static constexpr const char* name = "f16";
-};
-
-template <>
-struct storage_traits<Eigen::bfloat16> {
-  static constexpr bool supported = true;
-  using compute = float;
-  static constexpr double unit_roundoff = 0x1p-8;
-  static constexpr double largest = 3.3895313892515355e38;
-  static constexpr const char* name = "bf16";
+  static constexpr bool supported = detail::one_of_v<Storage, float, double, Eigen::half, Eigen::bfloat16>;
+  /// double for double storage, float for the rest.
+  using compute = std::conditional_t<std::is_same_v<Storage, double>, double, float>;
+  /// The largest relative error of rounding a value to Storage: 2^-digits. From the digits, not epsilon():
+  /// Eigen 3.4's epsilon() for half is 2^-13 where it should be 2^-10.
+  static double unit_roundoff() { return std::ldexp(1.0, -std::numeric_limits<Storage>::digits); }
+  /// The largest finite value; beyond it a stored value becomes infinite.
+  static double largest() { return double((std::numeric_limits<Storage>::max)()); }
+  static constexpr const char* name = std::is_same_v<Storage, float>         ? "f32"
+                                      : std::is_same_v<Storage, double>      ? "f64"
+                                      : std::is_same_v<Storage, Eigen::half> ? "f16"
+                                                                             : "bf16";
 };
 
 /// The type a cache stored as `Storage` computes in: float, or double for double storage.

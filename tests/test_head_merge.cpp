@@ -2,9 +2,12 @@
 // KV head merging: exact when the heads are exactly mergeable, commuting with RoPE, better than mean pooling.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <kvevict/attention.hpp>
 #include <kvevict/head_merge.hpp>
+#include <limits>
 #include <random>
+#include <string>
 
 namespace {
 using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -109,5 +112,36 @@ TEST(HeadMerge, BadShapesAreNamed) {
   } catch (const kvevict::InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("values"), std::string::npos);
   }
+}
+
+// Each bad input gives InvalidArgument whose message starts with the parameter's name.
+void expect_refused(const std::function<void()>& call, const std::string& message) {
+  try {
+    call();
+    ADD_FAILURE() << "accepted; expected " << message;
+  } catch (const kvevict::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+  }
+}
+
+TEST(HeadMerge, HostileInputIsRefusedBeforeAnyWork) {
+  const auto adjacent = kvevict::RopeLayout::adjacent;
+  const Matrix k = Matrix::Random(4, 3 * kD);
+  expect_refused([&] { kvevict::fit_head_merge(k, k, 0, 1, kD, adjacent); },
+                 "n_kv_heads: expected in [1, 65536], got 0");
+  expect_refused([&] { kvevict::fit_head_merge(k, k, -3, 1, kD, adjacent); }, "n_kv_heads");
+  expect_refused([&] { kvevict::fit_head_merge(k, k, 3, 0, kD, adjacent); }, "n_merged");
+  expect_refused([&] { kvevict::fit_head_merge(k, k, 3, 1, 1 << 20, adjacent); },
+                 "head_dim: expected even and in [2, 8192]");
+  const Matrix none(0, 3 * kD);
+  expect_refused([&] { kvevict::fit_head_merge(none, none, 3, 1, kD, adjacent); },
+                 "keys.rows(): expected at least one calibration token");
+  Matrix nan = k;
+  nan(2, 5) = std::numeric_limits<double>::quiet_NaN();
+  expect_refused([&] { kvevict::fit_head_merge(nan, k, 3, 1, kD, adjacent); }, "keys: expected finite");
+  expect_refused([&] { kvevict::fit_head_merge(k, nan, 3, 1, kD, adjacent); }, "values: expected finite");
+  // The mean merge reads no calibration data, so it takes none.
+  const auto mean = kvevict::fit_head_merge(none, none, 3, 1, kD, adjacent, kvevict::HeadMergeMethod::mean);
+  EXPECT_TRUE(mean.value_in[0].allFinite());
 }
 }  // namespace

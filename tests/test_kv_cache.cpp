@@ -349,7 +349,7 @@ TEST(BadInput, SizesAreBoundedBeforeAnythingIsAllocated) {
   expect(error_of([] { kvevict::DenseCache c(Shape{1, 1, 1, 8, 1 << 30}); }), "budget: expected in [1, 134217728]");
   expect(error_of([] { kvevict::DenseCache c(Shape{1 << 20, 1, 1, 8, 8}); }), "n_layers: expected in [1, 65536]");
   expect(error_of([] { kvevict::DenseCache c(Shape{1, 1 << 20, 1, 8, 8}); }), "n_q_heads: expected in [1, 65536]");
-  expect(error_of([] { kvevict::DenseCache c(Shape{1, 1, 1, 1 << 14, 8}); }), "head_dim: expected <= 8192");
+  expect(error_of([] { kvevict::DenseCache c(Shape{1, 1, 1, 1 << 14, 8}); }), "head_dim: expected in [1, 8192]");
   expect(error_of([] {
            CacheOptions o;
            o.max_chunk = std::numeric_limits<int>::max();  // budget + max_chunk would overflow an int

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -190,11 +191,18 @@ class File {
     for (std::uint64_t i = 0; i < n_kv; ++i) {
       std::string key = c.string("metadata key");
       const auto type = c.read<std::uint32_t>("metadata type");
-      metadata_[key] = value(c, type);
+      Value v = value(c, type);
+      if (!metadata_.emplace(key, std::move(v)).second)
+        throw GgufError("corrupt metadata: key " + key + " appears twice");
     }
     std::uint64_t alignment = 32;
-    if (has("general.alignment")) alignment = std::uint64_t(integer("general.alignment"));
-    if (alignment == 0 || (alignment & (alignment - 1)) != 0) throw GgufError("corrupt general.alignment");
+    if (has("general.alignment")) {
+      const std::int64_t a = integer("general.alignment");
+      if (a <= 0 || a > kMaxAlignment || (a & (a - 1)) != 0)
+        throw GgufError("general.alignment: expected a power of two in [1, " + std::to_string(kMaxAlignment) +
+                        "], got " + std::to_string(a));
+      alignment = std::uint64_t(a);
+    }
     for (std::uint64_t i = 0; i < n_tensors; ++i) {
       TensorInfo t;
       t.name = c.string("tensor name");
@@ -213,21 +221,43 @@ class File {
       if (!type_name(type)) throw GgufError("tensor " + t.name + ": unsupported type " + std::to_string(type));
       t.type = static_cast<Type>(type);
       t.offset = c.read<std::uint64_t>("tensor offset");
+      if (t.offset % alignment != 0)
+        throw GgufError("tensor " + t.name + ": offset " + std::to_string(t.offset) +
+                        " is not a multiple of the alignment " + std::to_string(alignment));
       const auto [block_bytes, block_values] = block_layout(t.type);
       if (t.dims[0] % block_values != 0) throw GgufError("tensor " + t.name + ": row not a whole number of blocks");
       t.n_bytes = t.n_elements / block_values * block_bytes;
       tensors_.push_back(std::move(t));
     }
     const std::uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
+    const std::uint64_t data_size = data_start <= map_.size() ? map_.size() - data_start : 0;
     for (auto& t : tensors_) {
-      if (t.offset > map_.size() || data_start > map_.size() - t.offset ||
-          t.n_bytes > map_.size() - data_start - t.offset)
-        throw GgufError("truncated or corrupt file: tensor " + t.name + " data [" +
-                        std::to_string(data_start + t.offset) + ", +" + std::to_string(t.n_bytes) +
-                        ") lies outside the file of " + std::to_string(map_.size()) + " bytes");
+      // Compared without adding, so that no sum wraps and the message prints the numbers of the file.
+      if (t.offset > data_size || t.n_bytes > data_size - t.offset)
+        throw GgufError("truncated or corrupt file: tensor " + t.name + " needs " + std::to_string(t.n_bytes) +
+                        " bytes at offset " + std::to_string(t.offset) + " of a data section of " +
+                        std::to_string(data_size) + " bytes");
       t.data = map_.data() + data_start + t.offset;
     }
+    std::vector<const TensorInfo*> by_offset;
+    for (const auto& t : tensors_) by_offset.push_back(&t);
+    std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+      return a->offset != b->offset ? a->offset < b->offset : a->name < b->name;
+    });
+    for (std::size_t i = 1; i < by_offset.size(); ++i) {
+      const TensorInfo &a = *by_offset[i - 1], &b = *by_offset[i];
+      if (b.offset < a.offset + a.n_bytes)
+        throw GgufError("corrupt file: tensors " + a.name + " and " + b.name + " overlap at offset " +
+                        std::to_string(b.offset));
+    }
+    std::vector<const std::string*> names;
+    for (const auto& t : tensors_) names.push_back(&t.name);
+    std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+    for (std::size_t i = 1; i < names.size(); ++i)
+      if (*names[i] == *names[i - 1]) throw GgufError("corrupt file: tensor " + *names[i] + " appears twice");
   }
+
+  static constexpr std::int64_t kMaxAlignment = 1 << 16;
 
   static Value value(Cursor& c, std::uint32_t type) {
     switch (type) {
@@ -265,17 +295,27 @@ class File {
   static Value array(Cursor& c) {
     const auto type = c.read<std::uint32_t>("array type");
     const auto n = c.read<std::uint64_t>("array length");
-    if (n > c.remaining())
-      throw GgufError("truncated or corrupt file: an array of " + std::to_string(n) + " elements exceeds the file");
+    // The smallest element of the type: a string is at least its 8-byte length.
+    const std::uint64_t least = type == 8                                ? 8
+                                : type == 0 || type == 1 || type == 7    ? 1
+                                : type == 2 || type == 3                 ? 2
+                                : type == 10 || type == 11 || type == 12 ? 8
+                                                                         : 4;
+    if (n > c.remaining() / least)
+      throw GgufError("truncated or corrupt file: an array of " + std::to_string(n) + " elements exceeds the " +
+                      std::to_string(c.remaining()) + " bytes left");
+    // Never reserve more than the elements the file can hold, nor much memory up front: a string vector
+    // reserved at n would take 32 bytes of memory per 8 bytes of file.
+    const auto reserve = std::size_t(std::min<std::uint64_t>(n, 1 << 16));
     if (type == 8) {
       std::vector<std::string> v;
-      v.reserve(std::size_t(n));
+      v.reserve(reserve);
       for (std::uint64_t i = 0; i < n; ++i) v.push_back(c.string("array string"));
       return v;
     }
     if (type == 6 || type == 12) {
       std::vector<double> v;
-      v.reserve(std::size_t(n));
+      v.reserve(reserve);
       for (std::uint64_t i = 0; i < n; ++i)
         v.push_back(type == 6 ? double(c.read<float>("f32")) : c.read<double>("f64"));
       return v;
@@ -283,7 +323,7 @@ class File {
     if (type == 9 || type > 12)
       throw GgufError("corrupt metadata: unsupported array element type " + std::to_string(type));
     std::vector<std::int64_t> v;
-    v.reserve(std::size_t(n));
+    v.reserve(reserve);
     for (std::uint64_t i = 0; i < n; ++i) {
       Value x = value(c, type);
       v.push_back(std::holds_alternative<bool>(x) ? std::int64_t(std::get<bool>(x)) : std::get<std::int64_t>(x));

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <queue>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,6 +36,17 @@ inline std::string normalize_text(const std::string& text) {
   return out;
 }
 
+/// Text the vocabulary cannot express: a byte that has no token. The message names the byte and its offset.
+class TextError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+/// Byte-level BPE. Round trip: decode(encode(s)) == s for every byte string s whose bytes all have a token,
+/// invalid UTF-8 included: an invalid byte is a piece of its own, passed through as its byte token, never
+/// rewritten. `missing_bytes()` lists the bytes without a token (SmolLM2 lacks 21: six control bytes, and
+/// C0 C1 F1 F2 F5-FF, which UTF-8 text almost never holds). encode() costs O(n log n) in the bytes of its
+/// longest piece and O(n) otherwise, whatever the input.
 class Tokenizer {
  public:
   explicit Tokenizer(const gguf::File& file) {
@@ -47,22 +59,49 @@ class Tokenizer {
     for (int b = 0; b < 256; ++b) {
       byte_to_symbol_[b] = utf8(byte_codepoint(b));
       symbol_to_byte_[byte_to_symbol_[b]] = b;
+      if (id_.count(byte_to_symbol_[b]) == 0) missing_bytes_.push_back(static_cast<unsigned char>(b));
     }
   }
 
   int vocab_size() const { return int(tokens_.size()); }
-  const std::string& token(int id) const { return tokens_.at(std::size_t(id)); }
+  /// @throws std::out_of_range naming the id and the vocabulary size
+  const std::string& token(int id) const {
+    if (id < 0 || id >= vocab_size())
+      throw std::out_of_range("token id: expected in [0, " + std::to_string(vocab_size()) + "), got " +
+                              std::to_string(id));
+    return tokens_[std::size_t(id)];
+  }
+  /// Bytes with no token of their own, so text containing them cannot be encoded.
+  const std::vector<unsigned char>& missing_bytes() const { return missing_bytes_; }
 
+  /// @throws TextError naming the first byte of `text` that has no token, before any work is done
   std::vector<int> encode(const std::string& text) const {
+    if (!missing_bytes_.empty()) {
+      bool missing[256] = {};
+      for (unsigned char b : missing_bytes_) missing[b] = true;
+      for (std::size_t i = 0; i < text.size(); ++i)
+        if (missing[static_cast<unsigned char>(text[i])])
+          throw TextError("text: byte " + hex(static_cast<unsigned char>(text[i])) + " at offset " + std::to_string(i) +
+                          " has no token in this vocabulary");
+    }
     std::vector<int> ids;
     for (const std::string& piece : pre_tokenize(text)) {
+      if (piece.size() > kCachedPieceBytes) {  // long runs are rare: not worth the memory of remembering them
+        const std::vector<int> piece_ids = bpe(piece);
+        ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+        continue;
+      }
       auto cached = cache_.find(piece);
-      if (cached == cache_.end()) cached = cache_.emplace(piece, bpe(piece)).first;
+      if (cached == cache_.end()) {
+        if (cache_.size() >= kCachedPieces) cache_.clear();  // bounded memory over an endless stream of words
+        cached = cache_.emplace(piece, bpe(piece)).first;
+      }
       ids.insert(ids.end(), cached->second.begin(), cached->second.end());
     }
     return ids;
   }
 
+  /// @throws std::out_of_range naming the first id outside the vocabulary
   std::string decode(const std::vector<int>& ids) const {
     std::string out;
     for (int id : ids) {
@@ -80,15 +119,15 @@ class Tokenizer {
     return out;
   }
 
-  /// The pieces BPE runs on, as UTF-8 strings.
+  /// The pieces BPE runs on: consecutive substrings of `text` that together are the whole of it.
   static std::vector<std::string> pre_tokenize(const std::string& text) {
-    const std::vector<std::uint32_t> cps = codepoints(text);
+    const std::vector<Unit> units = decode_utf8(text);
     std::vector<std::string> pieces;
     std::size_t start = 0;
-    for (std::size_t i = 0; i <= cps.size(); ++i) {  // digits split off first, each on its own
-      if (i < cps.size() && !is_number(cps[i])) continue;
-      gpt2_split(cps, start, i, pieces);
-      if (i < cps.size()) pieces.push_back(utf8(cps[i]));
+    for (std::size_t i = 0; i <= units.size(); ++i) {  // digits split off first, each on its own
+      if (i < units.size() && !is_number(units[i].codepoint)) continue;
+      gpt2_split(text, units, start, i, pieces);
+      if (i < units.size()) pieces.push_back(text.substr(units[i].begin, units[i].size));
       start = i + 1;
     }
     return pieces;
@@ -111,19 +150,26 @@ class Tokenizer {
            (c >= 0xAC00 && c <= 0xD7A3);
   }
 
-  // GPT-2's split of cps[begin, end).
-  static void gpt2_split(const std::vector<std::uint32_t>& cps, std::size_t begin, std::size_t end,
+  // One code point of the text, or one byte of it that is not valid UTF-8 (codepoint kInvalid).
+  struct Unit {
+    std::uint32_t codepoint;
+    std::size_t begin, size;
+  };
+  // Outside Unicode, so neither a letter, a number nor a space: an invalid byte is punctuation-like.
+  static constexpr std::uint32_t kInvalid = 0x110000;
+  static constexpr std::size_t kCachedPieceBytes = 64, kCachedPieces = 1 << 16;
+
+  // GPT-2's split of units [begin, end).
+  static void gpt2_split(const std::string& text, const std::vector<Unit>& units, std::size_t begin, std::size_t end,
                          std::vector<std::string>& out) {
-    auto at = [&](std::size_t i) -> std::uint32_t { return i < end ? cps[i] : 0; };
+    auto at = [&](std::size_t i) -> std::uint32_t { return i < end ? units[i].codepoint : 0; };
     auto emit = [&](std::size_t from, std::size_t to) {
-      std::string s;
-      for (std::size_t i = from; i < to; ++i) s += utf8(cps[i]);
-      out.push_back(std::move(s));
+      out.push_back(text.substr(units[from].begin, units[to - 1].begin + units[to - 1].size - units[from].begin));
     };
     auto other = [&](std::uint32_t c) { return !is_space(c) && !is_letter(c) && !is_number(c); };
     std::size_t i = begin;
     while (i < end) {
-      const std::uint32_t c = cps[i];
+      const std::uint32_t c = units[i].codepoint;
       if (c == '\'' && i + 1 < end) {
         const std::uint32_t n1 = at(i + 1), n2 = at(i + 2);
         if (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd') {
@@ -138,14 +184,14 @@ class Tokenizer {
         }
       }
       const std::size_t j = (c == ' ' && i + 1 < end) ? i + 1 : i;  // the optional leading space
-      const std::uint32_t head = cps[j];
+      const std::uint32_t head = units[j].codepoint;
       std::size_t k = j;
       if (is_letter(head)) {
-        while (k < end && is_letter(cps[k])) ++k;
+        while (k < end && is_letter(units[k].codepoint)) ++k;
       } else if (is_number(head)) {
-        while (k < end && is_number(cps[k])) ++k;
+        while (k < end && is_number(units[k].codepoint)) ++k;
       } else if (other(head)) {
-        while (k < end && other(cps[k])) ++k;
+        while (k < end && other(units[k].codepoint)) ++k;
       }
       if (k > j) {
         emit(i, k);
@@ -154,7 +200,7 @@ class Tokenizer {
       }
       // Whitespace: \s+(?!\S) leaves the last space of a run for the token after it; else \s+.
       std::size_t w = i;
-      while (w < end && is_space(cps[w])) ++w;
+      while (w < end && is_space(units[w].codepoint)) ++w;
       if (w < end && w - i > 1) w -= 1;
       emit(i, w);
       i = w;
@@ -250,24 +296,48 @@ class Tokenizer {
     }
     return s;
   }
-  static std::vector<std::uint32_t> codepoints(const std::string& text) {
-    std::vector<std::uint32_t> out;
+  // The text as code points, each with its bytes; a byte that does not start a valid UTF-8 sequence (bad
+  // lead, missing or bad continuation, overlong, surrogate, beyond U+10FFFF) is a unit of its own.
+  static std::vector<Unit> decode_utf8(const std::string& text) {
+    std::vector<Unit> out;
+    out.reserve(text.size());
     for (std::size_t i = 0; i < text.size();) {
-      const auto lead = static_cast<unsigned char>(text[i]);
-      std::size_t n = utf8_length(lead);
-      if (i + n > text.size()) n = 1;
+      const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
+      const unsigned char lead = byte(i);
+      std::size_t n = lead < 0x80                    ? 1
+                      : lead >= 0xC2 && lead <= 0xDF ? 2
+                      : lead >= 0xE0 && lead <= 0xEF ? 3
+                      : lead >= 0xF0 && lead <= 0xF4 ? 4
+                                                     : 0;
       std::uint32_t c = n == 1 ? lead : lead & (0xFFu >> (n + 1));
-      for (std::size_t k = 1; k < n; ++k) c = (c << 6) | (static_cast<unsigned char>(text[i + k]) & 0x3Fu);
-      out.push_back(c);
+      for (std::size_t k = 1; k < n; ++k) {
+        if (i + k >= text.size() || (byte(i + k) & 0xC0) != 0x80) {
+          n = 0;
+          break;
+        }
+        c = (c << 6) | (byte(i + k) & 0x3Fu);
+      }
+      const bool overlong = (n == 3 && c < 0x800) || (n == 4 && c < 0x10000);
+      if (n == 0 || overlong || (c >= 0xD800 && c <= 0xDFFF) || c > 0x10FFFF) {
+        out.push_back({kInvalid, i, 1});
+        ++i;
+        continue;
+      }
+      out.push_back({c, i, n});
       i += n;
     }
     return out;
+  }
+  static std::string hex(unsigned char b) {
+    const char* digits = "0123456789ABCDEF";
+    return std::string("0x") + digits[b >> 4] + digits[b & 15];
   }
 
   std::vector<std::string> tokens_;
   std::unordered_map<std::string, int> id_, rank_;
   std::string byte_to_symbol_[256];
   std::unordered_map<std::string, int> symbol_to_byte_;
+  std::vector<unsigned char> missing_bytes_;
   mutable std::unordered_map<std::string, std::vector<int>> cache_;
 };
 

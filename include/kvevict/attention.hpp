@@ -14,6 +14,7 @@
 
 #include "detail/widen.hpp"
 #include "error.hpp"
+#include "shape.hpp"
 #include "softmax.hpp"
 #include "storage.hpp"
 
@@ -133,9 +134,6 @@ struct GroupAttention {
     return g;
   }
 };
-
-/// The widest head the kernel takes: a converted block of at least one row fits its tile (32 KiB in float).
-inline constexpr int kMaxHeadDim = 8192;
 
 /// Runs one group. `first_q_head` is the group's first query head, to pick its sink logits.
 template <class Scalar, class Stored>

@@ -27,6 +27,7 @@
 
 #include "error.hpp"
 #include "rope.hpp"
+#include "shape.hpp"
 
 namespace kvevict {
 
@@ -47,13 +48,20 @@ struct HeadMerge {
 inline HeadMerge fit_head_merge(const Eigen::Ref<const Eigen::MatrixXd>& keys,
                                 const Eigen::Ref<const Eigen::MatrixXd>& values, int n_kv_heads, int n_merged,
                                 int head_dim, RopeLayout layout, HeadMergeMethod method = HeadMergeMethod::svd) {
+  KVEVICT_REQUIRE(n_kv_heads > 0 && n_kv_heads <= kMaxHeads, "n_kv_heads", "in [1, " + std::to_string(kMaxHeads) + "]",
+                  n_kv_heads);
   KVEVICT_REQUIRE(n_merged > 0 && n_kv_heads % n_merged == 0, "n_merged",
                   "a positive divisor of n_kv_heads = " + std::to_string(n_kv_heads), n_merged);
-  KVEVICT_REQUIRE(head_dim > 0 && head_dim % 2 == 0, "head_dim", "even and > 0", head_dim);
-  KVEVICT_REQUIRE(keys.cols() == Eigen::Index(n_kv_heads) * head_dim, "keys.cols()",
-                  "n_kv_heads * head_dim = " + std::to_string(n_kv_heads * head_dim), keys.cols());
+  KVEVICT_REQUIRE(head_dim > 0 && head_dim <= kMaxHeadDim && head_dim % 2 == 0, "head_dim",
+                  "even and in [2, " + std::to_string(kMaxHeadDim) + "]", head_dim);
+  const Eigen::Index width = Eigen::Index(n_kv_heads) * head_dim;
+  KVEVICT_REQUIRE(keys.cols() == width, "keys.cols()", "n_kv_heads * head_dim = " + std::to_string(width), keys.cols());
   KVEVICT_REQUIRE(values.rows() == keys.rows() && values.cols() == keys.cols(), "values", "the shape of keys",
                   std::to_string(values.rows()) + "x" + std::to_string(values.cols()));
+  KVEVICT_REQUIRE(method == HeadMergeMethod::mean || keys.rows() > 0, "keys.rows()",
+                  "at least one calibration token for the svd merge", keys.rows());
+  KVEVICT_REQUIRE(keys.allFinite(), "keys", "finite calibration keys", "NaN or infinity");
+  KVEVICT_REQUIRE(values.allFinite(), "values", "finite calibration values", "NaN or infinity");
   HeadMerge merge{n_kv_heads, n_merged, head_dim, {}, {}, {}};
   const int m = merge.group(), d = head_dim, half = d / 2;
   const std::ptrdiff_t n = keys.rows();

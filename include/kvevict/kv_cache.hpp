@@ -222,7 +222,6 @@ class KVCache {
  private:
   static const Shape& validated(const Shape& shape, const CacheOptions& options) {
     shape.validate();
-    KVEVICT_REQUIRE(shape.head_dim <= kMaxHeadDim, "head_dim", "<= " + std::to_string(kMaxHeadDim), shape.head_dim);
     KVEVICT_REQUIRE(options.max_chunk > 0 && options.max_chunk <= kMaxMaxChunk, "max_chunk",
                     "in [1, " + std::to_string(kMaxMaxChunk) + "]", options.max_chunk);
     KVEVICT_REQUIRE(options.attention.key_splits >= 1 && options.attention.key_splits <= 256, "attention.key_splits",

@@ -14,6 +14,9 @@ namespace kvevict {
 inline constexpr int kMaxLayers = 1 << 16;
 inline constexpr int kMaxHeads = 1 << 16;
 inline constexpr int kMaxTokensPerHead = 1 << 27;  ///< budget of one (layer, kv head), 134M tokens
+/// The widest head the attention kernel takes: a converted block of at least one row fits its tile (32 KiB
+/// in float).
+inline constexpr int kMaxHeadDim = 8192;
 
 /// The geometry of a cache: how many layers and heads, how wide a head, and how many tokens each
 /// (layer, kv head) keeps between steps. MHA has n_kv_heads == n_q_heads, MQA has n_kv_heads == 1,
@@ -46,7 +49,8 @@ struct Shape {
     KVEVICT_REQUIRE(n_kv_heads > 0, "n_kv_heads", "> 0", n_kv_heads);
     KVEVICT_REQUIRE(n_q_heads % n_kv_heads == 0, "n_kv_heads", "a divisor of n_q_heads = " + std::to_string(n_q_heads),
                     n_kv_heads);
-    KVEVICT_REQUIRE(head_dim > 0, "head_dim", "> 0", head_dim);
+    KVEVICT_REQUIRE(head_dim > 0 && head_dim <= kMaxHeadDim, "head_dim", "in [1, " + std::to_string(kMaxHeadDim) + "]",
+                    head_dim);
     KVEVICT_REQUIRE(budget > 0 && budget <= kMaxTokensPerHead, "budget",
                     "in [1, " + std::to_string(kMaxTokensPerHead) + "]", budget);
   }

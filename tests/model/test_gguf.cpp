@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -121,6 +122,96 @@ TEST(Gguf, MissingFileIsNamed) {
   }
 }
 
+// A small GGUF file built field by field, to state one corruption at a time.
+struct TinyGguf {
+  struct Tensor {
+    std::string name;
+    std::uint64_t offset;
+  };
+  std::vector<std::string> metadata;  // encoded entries
+  std::vector<Tensor> tensors;        // each one F32 tensor of 8 values (32 bytes)
+  std::uint64_t data_bytes = 64;
+
+  static std::string str(const std::string& s) { return bytes(std::uint64_t(s.size())) + s; }
+  template <class T>
+  static std::string bytes(T v) {
+    return std::string(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  TinyGguf& u32(const std::string& key, std::uint32_t v) {
+    metadata.push_back(str(key) + bytes(std::uint32_t(4)) + bytes(v));
+    return *this;
+  }
+  TinyGguf& i64(const std::string& key, std::int64_t v) {
+    metadata.push_back(str(key) + bytes(std::uint32_t(11)) + bytes(v));
+    return *this;
+  }
+  TinyGguf& array_of_strings(const std::string& key, std::uint64_t claimed_length) {
+    metadata.push_back(str(key) + bytes(std::uint32_t(9)) + bytes(std::uint32_t(8)) + bytes(claimed_length) + str("a"));
+    return *this;
+  }
+  TinyGguf& tensor(const std::string& name, std::uint64_t offset) {
+    tensors.push_back({name, offset});
+    return *this;
+  }
+
+  // Loads the file; the GgufError's message, or "no error".
+  std::string error() const {
+    std::string f = bytes(std::uint32_t(0x46554747u)) + bytes(std::uint32_t(3)) + bytes(std::uint64_t(tensors.size())) +
+                    bytes(std::uint64_t(metadata.size()));
+    for (const auto& m : metadata) f += m;
+    for (const auto& t : tensors)
+      f += str(t.name) + bytes(std::uint32_t(1)) + bytes(std::uint64_t(8)) + bytes(std::uint32_t(0)) + bytes(t.offset);
+    f.resize((f.size() + 31) / 32 * 32 + data_bytes, '\0');
+    const std::string path = temp_path("tiny");
+    { std::ofstream(path, std::ios::binary).write(f.data(), std::streamsize(f.size())); }
+    std::string message = "no error";
+    try {
+      gguf::File file(path);
+    } catch (const gguf::GgufError& e) {
+      message = e.what();
+    }
+    std::remove(path.c_str());
+    return message;
+  }
+};
+
+TEST(Gguf, AWellFormedTinyFileIsRead) {
+  EXPECT_EQ(TinyGguf{}.u32("a", 1).tensor("x", 0).tensor("y", 32).error(), "no error");
+}
+
+TEST(Gguf, DuplicateKeysAndTensorNamesAreRefused) {
+  EXPECT_EQ(TinyGguf{}.u32("a", 1).u32("a", 2).error(), "corrupt metadata: key a appears twice");
+  EXPECT_EQ(TinyGguf{}.tensor("x", 0).tensor("x", 32).error(), "corrupt file: tensor x appears twice");
+}
+
+TEST(Gguf, OverlappingAndUnalignedTensorsAreRefused) {
+  EXPECT_EQ(TinyGguf{}.tensor("x", 0).tensor("y", 0).error(), "corrupt file: tensors x and y overlap at offset 0");
+  EXPECT_EQ(TinyGguf{}.i64("general.alignment", 16).tensor("x", 16).tensor("y", 32).error(),
+            "corrupt file: tensors x and y overlap at offset 32");
+  EXPECT_EQ(TinyGguf{}.tensor("x", 8).error(), "tensor x: offset 8 is not a multiple of the alignment 32");
+  for (std::int64_t bad : {std::int64_t(0), std::int64_t(-32), std::int64_t(24), std::int64_t(1) << 40})
+    EXPECT_EQ(TinyGguf{}.i64("general.alignment", bad).error(),
+              "general.alignment: expected a power of two in [1, 65536], got " + std::to_string(bad));
+}
+
+TEST(Gguf, AnOffsetNearTheTopOfTheRangeIsReportedWithoutWrapping) {
+  const std::uint64_t near_top = ~std::uint64_t(0) - 31;  // a multiple of 32
+  EXPECT_EQ(TinyGguf{}.tensor("x", near_top).error(), "truncated or corrupt file: tensor x needs 32 bytes at offset " +
+                                                          std::to_string(near_top) + " of a data section of 64 bytes");
+}
+
+TEST(Gguf, AHugeArrayLengthIsAnErrorNotAnAllocation) {
+  // 2^40 strings of at least 8 bytes each cannot be in a file of a few hundred bytes; reserving them would
+  // have asked for 32 TiB.
+  const std::string message = TinyGguf{}.array_of_strings("list", std::uint64_t(1) << 40).error();
+  EXPECT_NE(message.find("an array of 1099511627776 elements exceeds the"), std::string::npos) << message;
+  // Fewer elements than bytes left, but more than the bytes left could hold at 8 bytes per string.
+  TinyGguf roomy;
+  roomy.data_bytes = 4000;
+  const std::string fewer = roomy.array_of_strings("list", 1000).error();
+  EXPECT_NE(fewer.find("an array of 1000 elements exceeds the"), std::string::npos) << fewer;
+}
+
 // A copy of the real file with `bytes` written at the offset `locate` finds, loaded as a model: the error it
 // gives (or "no error").
 template <class Locate>
@@ -210,6 +301,52 @@ TEST(Tokenizer, LongPiecesAreNotQuadratic) {
     EXPECT_EQ(tokenizer().decode(ids), text);
     EXPECT_LT(ids.size(), text.size() / 8);
     EXPECT_LT(seconds, 5.0);
+  }
+}
+
+TEST(Tokenizer, EveryByteStringWhoseBytesHaveTokensRoundTrips) {
+  // Random bytes are mostly invalid UTF-8 (stray continuations, truncated and overlong sequences, surrogates,
+  // lead bytes F5-FF): each such byte passes through as its own byte token, never rewritten.
+  std::vector<unsigned char> usable;
+  for (int b = 0; b < 256; ++b)
+    if (std::find(tokenizer().missing_bytes().begin(), tokenizer().missing_bytes().end(), b) ==
+        tokenizer().missing_bytes().end())
+      usable.push_back(static_cast<unsigned char>(b));
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<std::size_t> pick(0, usable.size() - 1), length(0, 40);
+  for (int i = 0; i < 3000; ++i) {
+    std::string text;
+    for (std::size_t n = length(rng); n > 0; --n) text += static_cast<char>(usable[pick(rng)]);
+    ASSERT_EQ(tokenizer().decode(tokenizer().encode(text)), text) << "string " << i;
+  }
+  for (const std::string& invalid : {std::string("\xC3"
+                                                 "A"),
+                                     std::string("\xE2\x82"), std::string("\xED\xA0\x80"),
+                                     std::string("\xF0\x82\x82\xAC"), std::string("\xE0\x80\xAF"), std::string("\x80\x80")})
+    EXPECT_EQ(tokenizer().decode(tokenizer().encode("x" + invalid + "y")), "x" + invalid + "y");
+}
+
+TEST(Tokenizer, AByteWithoutATokenIsNamedWithItsOffset) {
+  ASSERT_FALSE(tokenizer().missing_bytes().empty());  // SmolLM2's vocabulary lacks a few control bytes
+  const unsigned char byte = tokenizer().missing_bytes().front();
+  static const char* digits = "0123456789ABCDEF";
+  const std::string hex = std::string("0x") + digits[byte >> 4] + digits[byte & 15];
+  try {
+    tokenizer().encode(std::string("Emma ") + char(byte));
+    FAIL() << "encoded byte " << hex;
+  } catch (const llama::TextError& e) {
+    EXPECT_EQ(std::string(e.what()), "text: byte " + hex + " at offset 5 has no token in this vocabulary");
+  }
+}
+
+TEST(Tokenizer, DecodeNamesAnIdOutsideTheVocabulary) {
+  for (int id : {-1, 49152, 1 << 30}) {
+    try {
+      tokenizer().decode({1, id});
+      FAIL() << id;
+    } catch (const std::out_of_range& e) {
+      EXPECT_EQ(std::string(e.what()), "token id: expected in [0, 49152), got " + std::to_string(id));
+    }
   }
 }
 }  // namespace

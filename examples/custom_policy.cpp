@@ -22,8 +22,9 @@ struct LastQueryAttention {
 
   void init(const kvevict::HeadContext& head) { weight.assign(std::size_t(head.capacity), 0.0f); }
 
+  // noexcept: the cache need not keep a copy to restore should a step throw halfway.
   template <class Scalar>
-  void observe(const kvevict::AttentionView<Scalar>& attention) {
+  void observe(const kvevict::AttentionView<Scalar>& attention) noexcept {
     const int newest = attention.n_queries - 1;  // of a prefill chunk, only its last query counts
     for (int slot = 0; slot < attention.slots.capacity; ++slot) {
       float sum = 0.0f;
@@ -32,7 +33,7 @@ struct LastQueryAttention {
     }
   }
 
-  double score(int slot) const { return weight[std::size_t(slot)]; }
+  double score(int slot) const noexcept { return weight[std::size_t(slot)]; }
 };
 // ---------------------------------------------------------------------------------------------------------
 

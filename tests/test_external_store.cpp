@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <kvevict/kvevict.hpp>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cache_testing.hpp"
@@ -69,14 +71,10 @@ struct PagedHead {
   }
 
   void evict() {
-    while (evictor.over_budget()) {
-      const auto e = evictor.evict_one();
-      for (int i = 0; i < e.n_shifted; ++i) {
-        const int slot = evictor.shifted_slot(i);
-        shifter.shift(rope, key_pages[std::size_t(slot)].data(), evictor.slots().position(slot),
-                      evictor.slots().rotated_at(slot));
-      }
-    }
+    while (evictor.over_budget()) evictor.evict_one();
+    evictor.move_keys([&](int slot, std::int64_t position, std::int64_t from, std::int64_t to) {
+      shifter.move(rope, key_pages[std::size_t(slot)].data(), position, from, to);
+    });
   }
 };
 
@@ -102,7 +100,7 @@ TEST(ExternalStore, EvictorOverEngineMemoryMatchesKVCache) {
 // their exact rotation (the bound is derived in test_kv_cache.cpp's SinkKeyOverLongStreams).
 TEST(ExternalStore, SinkKeysStayExactThroughKeyShifter) {
   constexpr int d = 64, kBudget = 8;
-  constexpr long kSteps = 1000000;
+  constexpr long kSteps = testing_support::kLongStreamTokens;
   PagedHead engine(kBudget, d, kvevict::Rope(d, 10000.0, kvevict::RopeLayout::half_split));
   std::mt19937 rng(12);
   const MatrixF sinks = testing_support::random_matrix<MatrixF>(rng, 2, d),
@@ -162,7 +160,8 @@ TEST(ExternalStore, AUserPolicyPlugsIntoKVCache) {
 }
 
 TEST(ExternalStore, EvictorPreconditionsAreChecked) {
-  kvevict::Evictor<kvevict::Window> e(kvevict::Window{}, kvevict::HeadContext{}.with_budget(2).with_capacity(3));
+  const auto context = kvevict::HeadContext{}.with_budget(2).with_capacity(3).with_head_dim(4);
+  kvevict::Evictor<kvevict::Window> e(kvevict::Window{}, context);
   const float row[4] = {1, 1, 1, 1};
   e.admit(0, row, row);
   EXPECT_THROW(e.admit(0, row, row), kvevict::InvalidArgument);  // positions must increase
@@ -174,6 +173,29 @@ TEST(ExternalStore, EvictorPreconditionsAreChecked) {
   e.evict_one();
   e.admit(3, row, row);
   EXPECT_EQ(e.size(), 3);
+  kvevict::Evictor<kvevict::H2O> empty(kvevict::H2O{}, context);
+  EXPECT_THROW(empty.evict_one(), std::logic_error);  // nothing to evict: checked in release builds too
+}
+
+TEST(ExternalStore, AContextOutOfRangeIsNamedBeforeAnyAllocation) {
+  const auto good = kvevict::HeadContext{}.with_budget(2).with_capacity(3).with_head_dim(4);
+  auto message = [](const kvevict::HeadContext& c) {
+    try {
+      kvevict::Evictor<kvevict::Window> e(kvevict::Window{}, c);
+    } catch (const kvevict::InvalidArgument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(message(good), "accepted");
+  EXPECT_EQ(message(good.with_capacity(-1)),
+            "kvevict: context.capacity: expected in [budget = 2, budget + 134217728], got -1");
+  EXPECT_EQ(message(good.with_capacity(1 << 30)).substr(0, 26), "kvevict: context.capacity:");
+  EXPECT_EQ(message(good.with_budget(0)), "kvevict: context.budget: expected in [1, 134217728], got 0");
+  EXPECT_EQ(message(good.with_head_dim(0)), "kvevict: context.head_dim: expected in [1, 8192], got 0");
+  EXPECT_EQ(message(good.with_group_size(0)), "kvevict: context.group_size: expected in [1, 65536], got 0");
+  EXPECT_EQ(message(good.with_layer(3, 2)), "kvevict: context.layer: expected in [0, n_layers = 2), got 3");
+  EXPECT_EQ(message(good.with_kv_head(-1)), "kvevict: context.kv_head: expected in [0, 65536), got -1");
 }
 
 struct BrokenPolicy {
@@ -240,14 +262,10 @@ TEST(ExternalStore, SixteenBitEngineMemoryThroughTheLibraryKernel) {
     evictor.observe(kvevict::AttentionView<float>{probs.data(), nullptr, options.attention.scale_for(kDim), &query_pos,
                                                   1, kGroup, evictor.view()});
     // Rule 3: evict, and move on the keys that moved.
-    while (evictor.over_budget()) {
-      const auto e = evictor.evict_one();
-      for (int i = 0; i < e.n_shifted; ++i) {
-        const int moved = evictor.shifted_slot(i);
-        shifter.shift(options.rope, keys.data() + std::ptrdiff_t(moved) * kDim, evictor.slots().position(moved),
-                      evictor.slots().rotated_at(moved));
-      }
-    }
+    while (evictor.over_budget()) evictor.evict_one();
+    evictor.move_keys([&](int moved, std::int64_t position, std::int64_t from, std::int64_t to) {
+      shifter.move(options.rope, keys.data() + std::ptrdiff_t(moved) * kDim, position, from, to);
+    });
     cache.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), expected);
     for (int s = 0; s < capacity; ++s) {
       ASSERT_EQ(evictor.slots().position(s), cache.head(0, 0).slots().position(s)) << "step " << t;

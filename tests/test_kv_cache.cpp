@@ -8,6 +8,8 @@
 #include <limits>
 #include <random>
 #include <set>
+#include <stdexcept>
+#include <vector>
 
 #include "cache_testing.hpp"
 #include "reference.hpp"
@@ -269,7 +271,7 @@ void PrintTo(const SinkCase& c, std::ostream* os) { *os << c.name; }
 class SinkKeyOverLongStreams : public ::testing::TestWithParam<SinkCase> {};
 
 TEST_P(SinkKeyOverLongStreams, StaysOnItsExactRotation) {
-  constexpr long kSteps = 1000000;
+  constexpr long kSteps = testing_support::kLongStreamTokens;
   const SinkCase c = GetParam();
   std::mt19937 rng(99);
   SinkKey key{};
@@ -467,6 +469,119 @@ TEST_F(BadInputLeavesCacheUnchanged, NonFiniteValues) {
   expect_rejected([&] { cache.forward(0, q, bad_k, v, out); }, "keys");
   expect_rejected([&] { cache.forward(0, q, k, bad_v, out); }, "values");
   expect_rejected([&] { cache.forward(1, bad_q, k, v, out); }, "queries");
+}
+
+// ---- A policy that throws halfway through a step leaves the cache as it was ------------------------------
+
+// Which hook throws, and at its how-many-th call from now; -1: none.
+struct Trap {
+  enum Hook { on_append, observe, score };
+  static inline Hook hook = on_append;
+  static inline int countdown = -1;
+  static void spring(Hook h) {
+    if (h == hook && countdown >= 0 && countdown-- == 0) throw std::runtime_error("trap");
+  }
+};
+
+// H2O whose hooks may throw (so not noexcept), each after it has changed its state.
+struct TrappedH2O : kvevict::H2O {
+  TrappedH2O() { recent = 3; }
+  template <class Scalar>
+  void on_append(const kvevict::TokenView<Scalar>& token) {
+    kvevict::H2O::on_append(token);
+    Trap::spring(Trap::on_append);
+  }
+  template <class Scalar>
+  void observe(const kvevict::AttentionView<Scalar>& attention) {
+    kvevict::H2O::observe(attention);
+    Trap::spring(Trap::observe);
+  }
+  double score(int slot) const {
+    Trap::spring(Trap::score);
+    return kvevict::H2O::score(slot);
+  }
+};
+static_assert(!kvevict::policy_traits<TrappedH2O>::hooks_noexcept<float>);
+static_assert(kvevict::policy_traits<kvevict::H2O>::hooks_noexcept<float>);
+
+// What a head keeps, by position: where its key is rotated, its rows, its score.
+template <class Cache>
+std::vector<std::vector<double>> kept(const Cache& cache) {
+  std::vector<std::vector<double>> out;
+  for (int l = 0; l < cache.shape().n_layers; ++l) {
+    for (int h = 0; h < cache.shape().n_kv_heads; ++h) {
+      const auto& head = cache.head(l, h);
+      std::vector<int> slots;
+      for (int s = 0; s < head.slots().capacity(); ++s)
+        if (head.slots().occupied(s)) slots.push_back(s);
+      std::sort(slots.begin(), slots.end(),
+                [&](int a, int b) { return head.slots().position(a) < head.slots().position(b); });
+      for (int s : slots) {
+        std::vector<double> row{double(l), double(h), double(head.slots().position(s)),
+                                double(head.slots().rotated_at(s)), head.policy().kvevict::H2O::score(s)};
+        for (int i = 0; i < cache.shape().head_dim; ++i) {
+          row.push_back(double(cache.keys(l, h)(s, i)));
+          row.push_back(double(cache.values(l, h)(s, i)));
+        }
+        out.push_back(row);
+      }
+    }
+    out.push_back({double(cache.n_seen(l))});
+  }
+  return out;
+}
+
+template <class Policy>
+void expect_strong_guarantee_when_hooks_throw() {
+  const Shape shape{2, 4, 2, 8, 12};
+  CacheOptions options;
+  options.max_chunk = 4;
+  options.rope = kvevict::Rope(8);
+  kvevict::KVCache<float, Policy> trapped(shape, Policy{}, options), clean(shape, Policy{}, options);
+  const Stream<float> stream(shape, 120, 17);
+  int t = 0, failures = 0;
+  for (int step = 0; t + 4 <= 120; ++step) {
+    const int chunk = 1 + step % 4;
+    for (int l = 0; l < shape.n_layers; ++l) {
+      auto rows = [&](const MatrixF& m) { return m.middleRows(t, chunk); };
+      MatrixF out(chunk, 32), expected(chunk, 32);
+      if (step >= 4) {  // the cache is full from here on: a step appends, attends and evicts
+        Trap::hook = Trap::Hook(step % 3);
+        Trap::countdown = step % 5;
+        const auto before = kept(trapped);
+        try {
+          trapped.forward(l, rows(stream.q[std::size_t(l)]), rows(stream.k[std::size_t(l)]),
+                          rows(stream.v[std::size_t(l)]), out);
+        } catch (const std::runtime_error&) {
+          ++failures;
+          EXPECT_EQ(kept(trapped), before) << "step " << step << ", layer " << l << ", hook " << Trap::hook;
+        }
+        Trap::countdown = -1;
+        if (kept(trapped) != before) {  // the step went through: compare with the cache that never failed
+          clean.forward(l, rows(stream.q[std::size_t(l)]), rows(stream.k[std::size_t(l)]),
+                        rows(stream.v[std::size_t(l)]), expected);
+          ASSERT_EQ(kept(trapped), kept(clean)) << "step " << step;
+          continue;
+        }
+      }
+      trapped.forward(l, rows(stream.q[std::size_t(l)]), rows(stream.k[std::size_t(l)]), rows(stream.v[std::size_t(l)]),
+                      out);
+      clean.forward(l, rows(stream.q[std::size_t(l)]), rows(stream.k[std::size_t(l)]), rows(stream.v[std::size_t(l)]),
+                    expected);
+      ASSERT_EQ(out, expected) << "step " << step;
+      ASSERT_EQ(kept(trapped), kept(clean)) << "step " << step;
+    }
+    t += chunk;
+  }
+  EXPECT_GT(failures, 20);  // every hook, at several calls into a step, has thrown
+}
+
+TEST(StrongGuarantee, APolicyThrowingFromAnyHookLeavesTheCacheAsItWas) {
+  expect_strong_guarantee_when_hooks_throw<TrappedH2O>();
+}
+
+TEST(StrongGuarantee, KeysInCachePositionsHaveNotMovedWhenThePolicyThrows) {
+  expect_strong_guarantee_when_hooks_throw<kvevict::CachePositions<TrappedH2O>>();
 }
 
 TEST(BadInput, HalfStorageRejectsKeysBeyondItsRangeWhenCheckingFinite) {

@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "detail/ring.hpp"
 #include "error.hpp"
 #include "policy.hpp"
+#include "shape.hpp"
 #include "slots.hpp"
 
 namespace kvevict {
@@ -20,11 +22,13 @@ namespace kvevict {
 /// its own memory (paged, quantised, on a device) owns Evictors instead and follows three rules:
 ///   1. write a new token's rows at `next_free_slot()`, then call `admit(...)`;
 ///   2. after attention, hand the weights to `observe(...)`;
-///   3. while `over_budget()`, call `evict_one()`; in PositionMode::in_cache, move the keys of
-///      `shifted_slot(0 .. n_shifted - 1)` on by one position (RoPE is relative: when a token leaves, only
-///      the tokens older than it get one step closer to every later query).
-/// For rule 3, use a KeyShifter (rope.hpp) built with `pinned_prefix()`, and give it each new key before
-/// RoPE at rule 1: it keeps the keys the policy holds for good on their exact rotation over any stream.
+///   3. while `over_budget()`, call `evict_one()`; then, once per step, `move_keys(...)`: in
+///      PositionMode::in_cache it names each kept key whose position moved (RoPE is relative: when a token
+///      leaves, the tokens older than it get one step closer to every later query) with the rotation it has
+///      and the one it needs, and a KeyShifter (rope.hpp) turns the row. Keys move only there, after every
+///      call into the policy, so a step that fails halfway has moved none.
+/// Build the KeyShifter with `pinned_prefix()` and give it each new key before RoPE at rule 1: it keeps the
+/// keys the policy holds for good on their exact rotation over any stream.
 /// @tparam Policy a type for which is_eviction_policy_v holds.
 template <class Policy>
 class Evictor {
@@ -37,14 +41,19 @@ class Evictor {
   struct Eviction {
     int slot;               ///< the freed slot
     std::int64_t position;  ///< the token that left
-    int n_shifted;          ///< in_cache mode: keys to move on by +1, see shifted_slot()
+    int n_shifted;          ///< in_cache mode: kept keys whose position moved on by one (see move_keys())
   };
 
   Evictor() = default;
-  /// @throws InvalidArgument when the policy's init() or protection() rejects the context, or the declared
-  /// protection leaves nothing to evict (sinks + recent above the budget).
+  /// @throws InvalidArgument when a field of the context is out of range, the policy's init() or
+  /// protection() rejects it, or the declared protection leaves nothing to evict (sinks + recent above the
+  /// budget).
   Evictor(const Policy& policy, const HeadContext& context)
-      : policy_(policy), context_(context), slots_(context.capacity), order_(kKeepsOrder ? context.capacity : 0) {
+      : policy_(policy),
+        context_(validated(context)),
+        slots_(context.capacity),
+        order_(kKeepsOrder ? context.capacity : 0),
+        stored_at_(kMovesKeys ? std::size_t(context.capacity) : 0, kFreeSlot) {
     if constexpr (detail::has_init<Policy>::value) policy_.init(context_);
     protect_ = validated(policy_traits<Policy>::protection(policy_, context_), context_);
   }
@@ -92,6 +101,7 @@ class Evictor {
     const int slot = slots_.insert(position);
     newest_ = position;
     if constexpr (kKeepsOrder) order_.push_back(slot);
+    if constexpr (kMovesKeys) stored_at_[std::size_t(slot)] = position;
     if constexpr (detail::has_on_append<Policy, Scalar>::value)
       policy_.on_append(TokenView<Scalar>{slot, position, key, value, context_.head_dim});
     return slot;
@@ -153,13 +163,49 @@ class Evictor {
     return Eviction{slot, position, n_shifted};
   }
 
-  /// The k-th oldest kept slot; after evict_one() in in_cache mode, slots 0 .. n_shifted - 1 moved by +1.
-  int shifted_slot(int k) const { return order_[k]; }
+  /// In PositionMode::in_cache, calls `move(slot, position, from, to)` for every kept key whose position
+  /// moved since the last call: its row is rotated at `from` and belongs at `to` (rope.rotate(row, to - from),
+  /// or KeyShifter::move). Call it once per step, after the evictions (rule 3). The keys that moved are the
+  /// oldest ones, so this costs O(keys moved). A no-op in original position mode.
+  template <class Move>
+  void move_keys(Move&& move) {
+    if constexpr (kMovesKeys) {
+      for (int k = 0; k < order_.size(); ++k) {
+        const int slot = order_[k];
+        const std::int64_t from = stored_at_[std::size_t(slot)], to = slots_.rotated_at(slot);
+        if (from == to) return;  // every key that moved is older than the last victim: a prefix of order_
+        move(slot, slots_.position(slot), from, to);
+        stored_at_[std::size_t(slot)] = to;
+      }
+    }
+  }
 
  private:
   // The age order serves select() policies (SlotView::oldest) and the RoPE shift; a score policy in
   // original position mode never needs it, and skips its upkeep.
   static constexpr bool kKeepsOrder = position_mode == PositionMode::in_cache || !policy_traits<Policy>::scores;
+  static constexpr bool kMovesKeys = position_mode == PositionMode::in_cache;
+
+  // Before anything is allocated: the table takes `capacity` slots.
+  static const HeadContext& validated(const HeadContext& c) {
+    KVEVICT_REQUIRE(c.n_layers > 0 && c.n_layers <= kMaxLayers, "context.n_layers",
+                    "in [1, " + std::to_string(kMaxLayers) + "]", c.n_layers);
+    KVEVICT_REQUIRE(c.layer >= 0 && c.layer < c.n_layers, "context.layer",
+                    "in [0, n_layers = " + std::to_string(c.n_layers) + ")", c.layer);
+    KVEVICT_REQUIRE(c.kv_head >= 0 && c.kv_head < kMaxHeads, "context.kv_head",
+                    "in [0, " + std::to_string(kMaxHeads) + ")", c.kv_head);
+    KVEVICT_REQUIRE(c.budget > 0 && c.budget <= kMaxTokensPerHead, "context.budget",
+                    "in [1, " + std::to_string(kMaxTokensPerHead) + "]", c.budget);
+    KVEVICT_REQUIRE(
+        c.capacity >= c.budget && c.capacity - c.budget <= kMaxTokensPerHead, "context.capacity",
+        "in [budget = " + std::to_string(c.budget) + ", budget + " + std::to_string(kMaxTokensPerHead) + "]",
+        c.capacity);
+    KVEVICT_REQUIRE(c.head_dim > 0 && c.head_dim <= kMaxHeadDim, "context.head_dim",
+                    "in [1, " + std::to_string(kMaxHeadDim) + "]", c.head_dim);
+    KVEVICT_REQUIRE(c.group_size > 0 && c.group_size <= kMaxHeads, "context.group_size",
+                    "in [1, " + std::to_string(kMaxHeads) + "]", c.group_size);
+    return c;
+  }
 
   static Protect validated(Protect protect, const HeadContext& context) {
     KVEVICT_REQUIRE(protect.sinks >= 0, "sinks", ">= 0", protect.sinks);
@@ -189,7 +235,8 @@ class Evictor {
   HeadContext context_{};
   SlotTable slots_;
   Protect protect_{};
-  detail::Ring<int> order_;  // select() policies and in_cache mode: occupied slots by increasing position
+  detail::Ring<int> order_;              // select() policies and in_cache mode: occupied slots by increasing position
+  std::vector<std::int64_t> stored_at_;  // in_cache mode: the rotation each slot's key has in memory
   std::int64_t newest_ = -1;
 };
 

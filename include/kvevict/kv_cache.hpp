@@ -44,7 +44,10 @@ struct CacheOptions {
 /// double for double storage). With a Rope in the options, keys and queries are passed unrotated and the cache
 /// rotates them at the positions the policy implies, in the compute type, storing each key rounded once.
 /// Every member that takes input validates it all before changing anything: on InvalidArgument the cache
-/// is exactly as it was.
+/// is exactly as it was. So it is when the policy itself throws halfway through a step: a policy whose hooks
+/// are not all noexcept (policy_traits::hooks_noexcept) gets a copy of the layer's heads taken at each
+/// append, attend, evict or forward, put back if the policy throws. Declare the hooks noexcept, as every
+/// policy of the library does, and that copy is skipped.
 /// @tparam Storage float, double, Eigen::half or Eigen::bfloat16: the type K and V are kept in (storage.hpp)
 /// @tparam Policy an eviction policy (see policy.hpp)
 template <class Storage, class Policy>
@@ -99,6 +102,12 @@ class KVCache {
     }
     int widest = 0;
     for (int layer = 0; layer < shape_.n_layers; ++layer) widest = std::max(widest, capacity(layer));
+    if constexpr (!kHooksNoexcept) {  // copies of the widest layer's heads: restoring any layer allocates nothing
+      int layer = 0;
+      while (capacity(layer) != widest) ++layer;
+      saved_heads_.assign(heads_.begin() + std::ptrdiff_t(index(layer, 0)),
+                          heads_.begin() + std::ptrdiff_t(index(layer, 0) + std::size_t(shape_.n_kv_heads)));
+    }
     queries_.resize(options_.max_chunk, std::ptrdiff_t(shape_.n_q_heads) * shape_.head_dim);
     if (options_.attention.key_splits > 1)
       partial_out_.resize(std::ptrdiff_t(options_.attention.key_splits - 1) * options_.max_chunk * group,
@@ -143,14 +152,63 @@ class KVCache {
   void forward(int layer, const ConstRef& queries, const ConstRef& keys, const ConstRef& values, Ref out) {
     check_append(layer, keys, values);
     check_attend(layer, queries, out, keys.rows());
-    append(layer, keys, values);
-    attend(layer, queries, out);
-    evict(layer);
+    as_one_step(layer, [&] {
+      append_checked(layer, keys, values);
+      attend_checked(layer, queries, out);
+      evict_checked(layer);
+    });
   }
 
   /// Stores T tokens at positions n_seen(layer) ... n_seen(layer) + T - 1.
   void append(int layer, const ConstRef& keys, const ConstRef& values) {
     check_append(layer, keys, values);
+    as_one_step(layer, [&] { append_checked(layer, keys, values); });
+  }
+
+  /// Attends the queries of the chunk appended last to `layer` over everything the layer holds, and shows
+  /// the weights to the policy. @pre queries.rows() equals the rows of the last append
+  void attend(int layer, const ConstRef& queries, Ref out) {
+    check_layer(layer);
+    check_attend(layer, queries, out, chunk_[std::size_t(layer)]);
+    as_one_step(layer, [&] { attend_checked(layer, queries, out); });
+  }
+
+  /// Evicts every head of `layer` back to the budget (with a shared budget: the layer back to its total).
+  void evict(int layer) {
+    check_layer(layer);
+    as_one_step(layer, [&] { evict_checked(layer); });
+  }
+
+ private:
+  static constexpr bool kHooksNoexcept = policy_traits<Policy>::template hooks_noexcept<Scalar>;
+
+  // Runs `step` on `layer` so that if the policy throws, the layer's heads and counters are as they were.
+  // Rows written meanwhile sit in slots that are free again, and no kept key has moved: keys move only
+  // after every call into the policy (move_keys).
+  template <class Step>
+  void as_one_step(int layer, Step&& step) {
+    if constexpr (kHooksNoexcept) {
+      step();
+    } else {
+      static_assert(std::is_copy_assignable_v<Policy>,
+                    "kvevict: a policy whose hooks may throw must be copy-assignable (the cache restores it); "
+                    "or declare its hooks noexcept");
+      const std::size_t first = index(layer, 0);
+      std::copy_n(heads_.begin() + std::ptrdiff_t(first), shape_.n_kv_heads, saved_heads_.begin());
+      const std::int64_t seen = n_seen_[std::size_t(layer)];
+      const int chunk = chunk_[std::size_t(layer)];
+      try {
+        step();
+      } catch (...) {
+        std::copy_n(saved_heads_.begin(), shape_.n_kv_heads, heads_.begin() + std::ptrdiff_t(first));
+        n_seen_[std::size_t(layer)] = seen;
+        chunk_[std::size_t(layer)] = chunk;
+        throw;
+      }
+    }
+  }
+
+  void append_checked(int layer, const ConstRef& keys, const ConstRef& values) {
     const int d = shape_.head_dim;
     const auto t_count = static_cast<int>(keys.rows());
     const std::int64_t first = n_seen_[std::size_t(layer)];
@@ -174,11 +232,7 @@ class KVCache {
     chunk_[std::size_t(layer)] = t_count;
   }
 
-  /// Attends the queries of the chunk appended last to `layer` over everything the layer holds, and shows
-  /// the weights to the policy. @pre queries.rows() equals the rows of the last append
-  void attend(int layer, const ConstRef& queries, Ref out) {
-    check_layer(layer);
-    check_attend(layer, queries, out, chunk_[std::size_t(layer)]);
+  void attend_checked(int layer, const ConstRef& queries, Ref out) {
     const int d = shape_.head_dim, group = shape_.group_size();
     const auto t_count = static_cast<int>(queries.rows());
     const std::int64_t first = n_seen_[std::size_t(layer)] - t_count;
@@ -208,18 +262,25 @@ class KVCache {
     }
   }
 
-  /// Evicts every head of `layer` back to the budget (with a shared budget: the layer back to its total).
-  void evict(int layer) {
-    check_layer(layer);
+  // Every eviction first (the only calls into the policy), then the kept keys that moved, once per step.
+  void evict_checked(int layer) {
     if constexpr (policy_traits<Policy>::shares_layer_budget) {
       evict_shared(layer);
     } else {
-      for (int kv = 0; kv < shape_.n_kv_heads; ++kv)
-        while (heads_[index(layer, kv)].over_budget()) evict_slot(layer, kv, heads_[index(layer, kv)].victim());
+      for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+        Evictor<Policy>& h = heads_[index(layer, kv)];
+        while (h.over_budget()) h.evict(h.victim());
+      }
+    }
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+      StoredMatrix& k = keys_[index(layer, kv)];
+      KeyShifter& shifter = shifters_[index(layer, kv)];
+      heads_[index(layer, kv)].move_keys([&](int slot, std::int64_t position, std::int64_t from, std::int64_t to) {
+        if (options_.rope.enabled()) shifter.move(options_.rope, k.row(slot).data(), position, from, to);
+      });
     }
   }
 
- private:
   static const Shape& validated(const Shape& shape, const CacheOptions& options) {
     shape.validate();
     KVEVICT_REQUIRE(options.max_chunk > 0 && options.max_chunk <= kMaxMaxChunk, "max_chunk",
@@ -268,18 +329,6 @@ class KVCache {
     return int(limit);
   }
 
-  void evict_slot(int layer, int kv, int slot) {
-    Evictor<Policy>& h = heads_[index(layer, kv)];
-    const auto eviction = h.evict(slot);
-    if (!options_.rope.enabled()) return;
-    StoredMatrix& k = keys_[index(layer, kv)];
-    for (int i = 0; i < eviction.n_shifted; ++i) {
-      const int shifted = h.shifted_slot(i);
-      shifters_[index(layer, kv)].shift(options_.rope, k.row(shifted).data(), h.slots().position(shifted),
-                                        h.slots().rotated_at(shifted));
-    }
-  }
-
   // AdaKV: while the layer holds more than n_kv_heads x budget, the head whose victim scores lowest gives it
   // up (the lower head on ties); a head at its floor gives nothing. Scores do not change within a step, so
   // each head's victim is found once and again only after it gave one up.
@@ -306,7 +355,7 @@ class KVCache {
           from = kv;
       // Unreachable: a layer over its total has a head over the budget, above its floor and its protection.
       if (from < 0) throw std::logic_error("kvevict: no head of the layer can give up a token");
-      evict_slot(layer, from, candidate_[std::size_t(from)]);
+      heads_[index(layer, from)].evict(candidate_[std::size_t(from)]);
       refresh(from);
     }
   }
@@ -385,7 +434,8 @@ class KVCache {
   Shape shape_;
   CacheOptions options_;
   std::vector<Evictor<Policy>> heads_;
-  std::vector<KeyShifter> shifters_;  // per head: moves kept keys in in-cache position mode
+  std::vector<KeyShifter> shifters_;          // per head: moves kept keys in in-cache position mode
+  std::vector<Evictor<Policy>> saved_heads_;  // hooks that may throw: one layer's heads as they were
   std::vector<StoredMatrix> keys_, values_;
   Matrix queries_, probs_, logits_;
   Matrix partial_out_;                                // key splits: the partial outputs of ranges 1 ... key_splits - 1

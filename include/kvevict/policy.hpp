@@ -216,6 +216,21 @@ struct shares_layer_budget_flag<P, std::void_t<decltype(P::shares_layer_budget)>
 struct NothingMore {
   bool operator()(std::int64_t /*position*/) const { return false; }
 };
+
+template <class P, class S>
+constexpr bool hooks_noexcept() {
+  bool all = true;
+  if constexpr (has_on_append<P, S>::value)
+    all = all&& noexcept(std::declval<P&>().on_append(std::declval<const TokenView<S>&>()));
+  if constexpr (has_observe<P, S>::value)
+    all = all&& noexcept(std::declval<P&>().observe(std::declval<const AttentionView<S>&>()));
+  if constexpr (has_select<P>::value)
+    all = all&& noexcept(std::declval<const P&>().select(std::declval<const SlotView&>()));
+  if constexpr (has_score<P>::value) all = all&& noexcept(std::declval<const P&>().score(0));
+  if constexpr (has_protects<P>::value)
+    all = all&& noexcept(std::declval<const P&>().protects(std::int64_t{}, std::int64_t{}));
+  return all;
+}
 }  // namespace detail
 
 /// True when P can serve as an eviction policy (C++17 spelling of the EvictionPolicy concept).
@@ -240,9 +255,10 @@ int lowest_score(const SlotView& slots, Score&& score, Excluded&& excluded = {})
   for (int s = 0; s < slots.capacity; ++s) {
     // The winner changes rarely, but the tests against it are unpredictable: no branches.
     const std::int64_t p = slots.positions[s];
-    const bool eligible = (p != kFreeSlot) & !slots.protect.covers(p, slots.newest) & !excluded(p);
+    // int operands: bitwise on purpose, and clang's -Wbitwise-instead-of-logical stays quiet.
+    const bool eligible = (int(p != kFreeSlot) & int(!slots.protect.covers(p, slots.newest)) & int(!excluded(p))) != 0;
     const double v = eligible ? double(score(s)) : std::numeric_limits<double>::infinity();
-    const bool better = eligible & ((v < best) | ((v == best) & (p < best_position)));
+    const bool better = (int(eligible) & (int(v < best) | (int(v == best) & int(p < best_position)))) != 0;
     victim = better ? s : victim;
     best = better ? v : best;
     best_position = better ? p : best_position;
@@ -273,6 +289,12 @@ struct policy_traits {
     if constexpr (shares_layer_budget) return policy.head_floor(budget);
     return budget;
   }
+
+  /// Every per-step hook the policy has (on_append, observe, select or score, protects) is declared noexcept
+  /// for weights and views of type Scalar. Otherwise a step could fail halfway, and KVCache pays for the
+  /// strong guarantee with a copy of the layer's heads per call (see KVCache).
+  template <class Scalar>
+  static constexpr bool hooks_noexcept = detail::hooks_noexcept<P, Scalar>();
 
   /// What the policy declares it never evicts: its protection() if it has one, else nothing.
   static Protect protection(const P& policy, const HeadContext& context) {

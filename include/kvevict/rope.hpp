@@ -74,19 +74,19 @@ class Rope {
   std::vector<double> inv_freq_, cos_one_, sin_one_;
 };
 
-/// Moves kept keys one position on when a token leaves, in PositionMode::in_cache (rule 3 of Evictor).
+/// Moves kept keys on when tokens leave, in PositionMode::in_cache (rule 3 of Evictor).
 ///
-/// Turning a stored row by +1 rounds it to its Scalar each time. The first tokens a policy keeps for good
+/// Turning a stored row rounds it to its Scalar each time. The first tokens a policy keeps for good
 /// (the sinks it declares: StreamingLLM's, or any policy's with_sinks) move once per token for the whole stream, and
 /// those roundings add up linearly: 7e-4 after a million tokens in float. So the shifter keeps their keys in double,
-/// unrotated and rotated, turns the double copy by +1 and stores it rounded once; every kExactEvery shifts it
+/// unrotated and rotated, turns the double copy and stores it rounded once; every kExactEvery positions moved it
 /// rotates the unrotated key afresh, so double round-off cannot pile up either. A pinned key stays within one
 /// rounding of its rotation computed in double, however long the stream. Other keys are turned in place
 /// (StreamingLLM never shifts its window; CachePositions<H2O> shifts the heavy hitters older than a victim). Memory: 2
 /// x pinned x head_dim doubles, allocated at construction.
 class KeyShifter {
  public:
-  /// Shifts between fresh rotations: the double round-off of this many +1 turns (~1e-12 relative) is far
+  /// Positions moved between fresh rotations: the double round-off of this many +1 turns (~1e-12 relative) is far
   /// below one float rounding, and the sines and cosines of a fresh rotation cost little once per 4096.
   static constexpr std::int64_t kExactEvery = 4096;
 
@@ -106,20 +106,21 @@ class KeyShifter {
     std::copy(unrotated_key, unrotated_key + head_dim_, unrotated(position));
   }
 
-  /// Moves `row`, the stored key of the token at `position`, on by one to `rotated_at`: pass
-  /// slots().position(s) and slots().rotated_at(s) of each shifted slot s after Evictor::evict_one().
+  /// Moves `row`, the stored key of the token at `position`, from its rotation `from` to `to` in one turn:
+  /// pass what Evictor::move_keys() hands over. A pinned key is turned in double and stored rounded once.
   template <class Scalar>
-  void shift(const Rope& rope, Scalar* row, std::int64_t position, std::int64_t rotated_at) {
+  void move(const Rope& rope, Scalar* row, std::int64_t position, std::int64_t from, std::int64_t to) {
     if (position >= pinned_) {
-      rope.rotate(row, 1);
+      rope.rotate(row, to - from);
       return;
     }
     double* exact = rotated(position);
-    if ((rotated_at - position - 1) % kExactEvery == 0) {  // the first shift, then every kExactEvery
+    // Afresh at the first move and whenever the move passes a multiple of kExactEvery moves.
+    if (from == position || (from - position) / kExactEvery != (to - position) / kExactEvery) {
       std::copy(unrotated(position), unrotated(position) + head_dim_, exact);
-      rope.rotate(exact, rotated_at);
+      rope.rotate(exact, to);
     } else {
-      rope.rotate(exact, 1);
+      rope.rotate(exact, to - from);
     }
     for (int i = 0; i < head_dim_; ++i) row[i] = static_cast<Scalar>(exact[i]);
   }

@@ -97,7 +97,7 @@ struct AhaKV {
   }
 
   template <class Scalar>
-  void on_append(const TokenView<Scalar>& token) {
+  void on_append(const TokenView<Scalar>& token) noexcept {
     const auto s = std::size_t(token.slot);
     score_[s] = 0.0;
     for (int k = 0; k < int(history_.size() / score_.size()); ++k) history_[std::size_t(k) * score_.size() + s] = 0.0f;
@@ -112,7 +112,7 @@ struct AhaKV {
   }
 
   template <class Scalar>
-  void observe(const AttentionView<Scalar>& a) {
+  void observe(const AttentionView<Scalar>& a) noexcept {
     const int cap = a.slots.capacity;
     max_prior_ = 0.0;
     for (int s = 0; s < cap; ++s)
@@ -145,7 +145,7 @@ struct AhaKV {
   }
 
   /// gamma_bar_j S_j, as the paper writes it.
-  double score(int slot) const {
+  double score(int slot) const noexcept {
     const auto s = std::size_t(slot);
     return value_prior ? score_[s] * (prior_[s] / max_prior_) : score_[s];
   }

@@ -16,8 +16,8 @@ namespace kvevict {
 /// Keeps everything; never asked to select.
 struct Dense {
   static constexpr bool evicts = false;
-  int select(const SlotView& /*slots*/) const { return -1; }
-  bool protects(std::int64_t /*position*/, std::int64_t /*newest*/) const { return true; }
+  int select(const SlotView& /*slots*/) const noexcept { return -1; }
+  bool protects(std::int64_t /*position*/, std::int64_t /*newest*/) const noexcept { return true; }
 };
 
 }  // namespace kvevict

@@ -45,15 +45,15 @@ struct H2O {
     seen_.assign(std::size_t(context.capacity), 0);
   }
   template <class Scalar>
-  void on_append(const TokenView<Scalar>& token) {
+  void on_append(const TokenView<Scalar>& token) noexcept {
     score_[std::size_t(token.slot)] = 0.0;
     seen_[std::size_t(token.slot)] = 0;
   }
   template <class Scalar>
-  void observe(const AttentionView<Scalar>& attention) {
+  void observe(const AttentionView<Scalar>& attention) noexcept {
     detail::accumulate(attention, reduce, score_.data(), seen_.data());
   }
-  double score(int slot) const {
+  double score(int slot) const noexcept {
     const auto s = std::size_t(slot);
     return normalized ? score_[s] / double(seen_[s] > 0 ? seen_[s] : 1) : score_[s];
   }

@@ -44,12 +44,12 @@ struct L2Norm {
   Protect protection(const HeadContext& /*context*/) const { return Protect{0, recent}; }
   void init(const HeadContext& context) { norm_.assign(std::size_t(context.capacity), 0.0); }
   template <class Scalar>
-  void on_append(const TokenView<Scalar>& token) {
+  void on_append(const TokenView<Scalar>& token) noexcept {
     double sum = 0.0;
     for (int i = 0; i < token.head_dim; ++i) sum += double(token.key[i]) * double(token.key[i]);
     norm_[std::size_t(token.slot)] = std::sqrt(sum);
   }
-  double score(int slot) const { return -norm_[std::size_t(slot)]; }
+  double score(int slot) const noexcept { return -norm_[std::size_t(slot)]; }
 
  private:
   std::vector<double> norm_;

@@ -38,7 +38,7 @@ struct StreamingLLM {
                     context.budget);
     return Protect{sinks, context.budget - sinks};
   }
-  int select(const SlotView& slots) const { return slots.oldest(); }
+  int select(const SlotView& slots) const noexcept { return slots.oldest(); }
 };
 
 }  // namespace kvevict

@@ -18,7 +18,7 @@ namespace kvevict {
 /// Evicts the oldest token.
 struct Window {
   Protect protection(const HeadContext& /*context*/) const { return Protect{0, 1}; }
-  int select(const SlotView& slots) const { return slots.oldest(); }
+  int select(const SlotView& slots) const noexcept { return slots.oldest(); }
 };
 
 }  // namespace kvevict

@@ -81,7 +81,10 @@ inline void quantize_row(const float* x, int n, BlockQ8* out) {
     const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
     int sum = 0;
     for (int i = 0; i < kBlock; ++i) {
-      const int q = static_cast<int>(std::nearbyint(x[i] * inv));
+      // |x * inv| <= 127 for finite rows; a NaN or infinite activation (a corrupt model) becomes 0 rather
+      // than an undefined conversion to int.
+      const float r = std::nearbyint(x[i] * inv);
+      const int q = r >= -127.0f && r <= 127.0f ? static_cast<int>(r) : 0;
       out[b].qs[i] = static_cast<std::int8_t>(q);
       sum += q;
     }

@@ -212,6 +212,22 @@ TEST(Gguf, AHugeArrayLengthIsAnErrorNotAnAllocation) {
   EXPECT_NE(fewer.find("an array of 1000 elements exceeds the"), std::string::npos) << fewer;
 }
 
+TEST(Gguf, TheFuzzSeedIsACompleteModel) {
+  // tests/fuzz/make_seeds.py writes it; fuzzing starts from it, so it must reach the forward pass.
+  const gguf::File file(std::string(KVEVICT_GOLDEN_DIR) + "/../fuzz/corpus/gguf/tiny_model.gguf");
+  const llama::Tokenizer tokenizer(file);
+  EXPECT_EQ(tokenizer.decode(tokenizer.encode("the theory")), "the theory");
+  llama::Model model(file);
+  model.set_threads(1);
+  EXPECT_EQ(model.config().n_layers, 1);
+  EXPECT_EQ(model.config().vocab, 260);
+  auto cache = model.make_cache<kvevict::StreamingLLM>(2, kvevict::StreamingLLM{1}, 4);
+  const std::vector<int> tokens{1, 259, 42};
+  const llama::Matrix logits = model.forward({llama::Segment{cache.get(), tokens.data(), 3}});
+  EXPECT_EQ(logits.size(), 260);
+  EXPECT_TRUE(logits.allFinite());
+}
+
 // A copy of the real file with `bytes` written at the offset `locate` finds, loaded as a model: the error it
 // gives (or "no error").
 template <class Locate>
@@ -319,10 +335,11 @@ TEST(Tokenizer, EveryByteStringWhoseBytesHaveTokensRoundTrips) {
     for (std::size_t n = length(rng); n > 0; --n) text += static_cast<char>(usable[pick(rng)]);
     ASSERT_EQ(tokenizer().decode(tokenizer().encode(text)), text) << "string " << i;
   }
-  for (const std::string& invalid : {std::string("\xC3"
-                                                 "A"),
-                                     std::string("\xE2\x82"), std::string("\xED\xA0\x80"),
-                                     std::string("\xF0\x82\x82\xAC"), std::string("\xE0\x80\xAF"), std::string("\x80\x80")})
+  for (const std::string& invalid :
+       {std::string("\xC3"
+                    "A"),
+        std::string("\xE2\x82"), std::string("\xED\xA0\x80"), std::string("\xF0\x82\x82\xAC"),
+        std::string("\xE0\x80\xAF"), std::string("\x80\x80")})
     EXPECT_EQ(tokenizer().decode(tokenizer().encode("x" + invalid + "y")), "x" + invalid + "y");
 }
 

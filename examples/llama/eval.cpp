@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -137,6 +138,33 @@ void add_pairs(const std::string& v, std::vector<std::pair<std::string, std::str
   }
 }
 
+std::vector<int> recompute_targets(const Options& opt);
+
+// What make() builds, besides streaming:N.
+const char* const kPolicyNames[] = {
+    "dense",         "window",    "recompute",   "streaming",    "streaming-nl",  "h2o",
+    "ahakv",         "l2",        "h2o+sinks",   "ahakv+sinks",  "l2+recent",     "pyramid-h2o",
+    "pyramid-ahakv", "adakv-h2o", "adakv-ahakv", "h2o-cachepos", "ahakv-cachepos"};
+
+// Every policy name, before the model is read.
+void check_policies(const Options& o) {
+  for (const std::string& name : o.policies) {
+    if (name.rfind("streaming:", 0) == 0) {
+      int sinks = -1;
+      try {
+        sinks = strict_int(name.substr(10));
+      } catch (const std::logic_error&) {
+      }
+      if (sinks < 0) usage("--policies: bad number of sinks in " + name + " (a count >= 0)");
+      continue;
+    }
+    if (std::find(std::begin(kPolicyNames), std::end(kPolicyNames), name) == std::end(kPolicyNames))
+      usage("--policies: unknown policy " + name);
+  }
+  if (std::find(o.policies.begin(), o.policies.end(), "recompute") != o.policies.end() && recompute_targets(o).empty())
+    usage("--recompute-every: recompute has no token to score (--tokens is below --recompute-every + 2)");
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -221,6 +249,7 @@ Options parse(int argc, char** argv) {
   if (o.kv_type != "f32" && o.kv_type != "f16" && o.kv_type != "bf16") usage("--kv-type must be f32, f16 or bf16");
   for (int b : o.budgets)
     if (b < 1) usage("budgets must be positive");
+  check_policies(o);
   return o;
 }
 
@@ -753,7 +782,6 @@ int main(int argc, char** argv) {
     std::vector<int> targets;
     if (!runs.recompute.empty()) {
       targets = recompute_targets(opt);
-      if (targets.empty()) usage("recompute has no token to score: --tokens is below --recompute-every + 2");
       for (const auto& r : runs.recompute)
         if (opt.recompute_count > 0 && opt.recompute_first < r.budget + 2)
           usage("--recompute-range must start at budget + 2 or later (" + std::to_string(r.budget + 2) + " for " +

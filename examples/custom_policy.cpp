@@ -107,12 +107,21 @@ int main() {
   for (int s = 0; s < sinks_cache.capacity(); ++s)
     if (sinks_cache.head(0, 0).slots().occupied(s)) by_sinks.insert(sinks_cache.head(0, 0).slots().position(s));
 
+  // 4. The library ships TOVA too (kvevict/policies/tova.hpp), the newest token kept as here.
+  kvevict::KVCache<float, kvevict::TOVA> library_cache(shape);
+  for (int t = 0; t < kTokens; ++t) library_cache.forward(0, q.row(t), k.row(t), v.row(t), out);
+  std::set<std::int64_t> by_library;
+  for (int s = 0; s < library_cache.capacity(); ++s)
+    if (library_cache.head(0, 0).slots().occupied(s)) by_library.insert(library_cache.head(0, 0).slots().position(s));
+
   std::printf("TOVA (evict what the newest query attends to least), budget %d, after %d tokens:\n", kBudget, kTokens);
   print("kept through KVCache:", by_cache);
   print("kept through Evictor (own memory):", by_evictor);
   print("kept with 4 sinks added:", by_sinks);
-  const bool same = by_cache == by_evictor;
+  print("kept by kvevict::TOVA:", by_library);
+  const bool same = by_cache == by_evictor && by_cache == by_library;
   const bool sinks_kept = by_sinks.count(0) && by_sinks.count(1) && by_sinks.count(2) && by_sinks.count(3);
-  std::printf("KVCache and Evictor agree: %s; sinks kept: %s\n", same ? "yes" : "NO", sinks_kept ? "yes" : "NO");
+  std::printf("KVCache, Evictor and kvevict::TOVA agree: %s; sinks kept: %s\n", same ? "yes" : "NO",
+              sinks_kept ? "yes" : "NO");
   return same && sinks_kept ? 0 : 1;
 }

@@ -47,11 +47,12 @@ struct AsTypes<List<T...>> {
   using type = ::testing::Types<T...>;
 };
 
-using Policies = List<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM, kvevict::SlidingWindowRecompute,
-                      kvevict::H2O, kvevict::AhaKV, kvevict::L2Norm, Protected<kvevict::Window>,
-                      Protected<kvevict::H2O>, Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>,
-                      kvevict::Pyramid<kvevict::H2O>, kvevict::AdaptiveHeads<kvevict::AhaKV>,
-                      kvevict::Pyramid<kvevict::AdaptiveHeads<kvevict::H2O>>, kvevict::CachePositions<kvevict::AhaKV>>;
+using Policies =
+    List<kvevict::Dense, kvevict::Window, kvevict::StreamingLLM, kvevict::SlidingWindowRecompute, kvevict::H2O,
+         kvevict::AhaKV, kvevict::L2Norm, kvevict::SnapKV, kvevict::TOVA, Protected<kvevict::Window>,
+         Protected<kvevict::H2O>, Protected<kvevict::AhaKV>, Protected<Protected<kvevict::L2Norm>>,
+         kvevict::Pyramid<kvevict::H2O>, kvevict::AdaptiveHeads<kvevict::AhaKV>,
+         kvevict::Pyramid<kvevict::AdaptiveHeads<kvevict::H2O>>, kvevict::CachePositions<kvevict::AhaKV>>;
 using Storages = List<float, double, Eigen::half, Eigen::bfloat16>;
 }  // namespace detail
 

@@ -198,19 +198,27 @@ struct LastQueriesReference {
   long n_queries = 0;
 };
 
+// Both policies through the same cache type, fed the same stream: a prompt of `prompt` tokens as one chunk,
+// then one token per step; the kept sets must agree after every step.
 template <class A, class B>
-void expect_same_kept_sets(const A& a_policy, const B& b_policy, unsigned seed) {
+void expect_same_kept_sets(const A& a_policy, const B& b_policy, unsigned seed, int prompt = 1) {
   const kvevict::Shape shape{1, 3, 1, 16, 12};
-  const testing_support::Stream<float> stream(shape, 80, seed);
+  const int n = prompt + 80;
+  const testing_support::Stream<float> stream(shape, n, seed);
   kvevict::CacheOptions options;
-  options.max_chunk = 1;
+  options.max_chunk = prompt;
   kvevict::KVCache<float, A> a(shape, a_policy, options);
   kvevict::KVCache<float, B> b(shape, b_policy, options);
-  MatrixF out(1, 48);
-  for (int t = 0; t < 80; ++t) {
-    a.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
-    b.forward(0, stream.q[0].row(t), stream.k[0].row(t), stream.v[0].row(t), out);
+  for (int t = 0; t < n;) {
+    const int chunk = t == 0 ? prompt : 1;
+    MatrixF out(chunk, 48);
+    a.forward(0, stream.q[0].middleRows(t, chunk), stream.k[0].middleRows(t, chunk), stream.v[0].middleRows(t, chunk),
+              out);
+    b.forward(0, stream.q[0].middleRows(t, chunk), stream.k[0].middleRows(t, chunk), stream.v[0].middleRows(t, chunk),
+              out);
     ASSERT_EQ(kept(a, 0, 0), kept(b, 0, 0)) << "step " << t;
+    ASSERT_EQ(int(kept(a, 0, 0).size()), std::min(t + chunk, shape.budget));
+    t += chunk;
   }
 }
 
@@ -256,6 +264,118 @@ TEST(AhaKV, EachPartChangesWhatIsKept) {
 }
 
 // ---- L2 norm -----------------------------------------------------------------------------------------
+
+// ---- TOVA and SnapKV --------------------------------------------------------------------------------
+
+/// TOVA from its paper: each step the token with the lowest group-mean weight from the newest query goes;
+/// the newest `recent` tokens stay.
+struct TovaReference {
+  int recent = 1;
+  std::map<std::int64_t, double> newest_weight;
+  template <class S>
+  void observe(const AttentionView<S>& a) {
+    newest_weight.clear();
+    for (int s = 0; s < a.slots.capacity; ++s)
+      if (a.slots.occupied(s))
+        for (int h = 0; h < a.group; ++h)
+          newest_weight[a.slots.positions[s]] += double(a.prob((a.n_queries - 1) * a.group + h, s)) / a.group;
+  }
+  int select(const kvevict::SlotView& v) const {
+    int victim = -1;
+    for (int s = 0; s < v.capacity; ++s)
+      if (v.occupied(s) && v.positions[s] <= v.newest - recent &&
+          (victim < 0 || newest_weight.at(v.positions[s]) < newest_weight.at(v.positions[victim])))
+        victim = s;  // slots in any order: equal weights are improbable with random data
+    return victim;
+  }
+};
+
+TEST(TOVA, EvictsWhatTheNewestQueryAttendsToLeast) {
+  expect_same_kept_sets(kvevict::TOVA{}, TovaReference{}, 61);
+  expect_same_kept_sets(kvevict::TOVA{}, TovaReference{}, 62, 30);  // a prompt: only its last query counts
+  kvevict::TOVA as_published;                                       // the newest token competes too
+  as_published.recent = 0;
+  TovaReference reference;
+  reference.recent = 0;
+  expect_same_kept_sets(as_published, reference, 63);
+}
+
+/// SnapKV from its paper: the last `window` queries' group-mean weights summed per token; pooled once per
+/// attention over the tokens outside the protected window, in position order (average pooling pads with
+/// zeros and divides by the kernel); the lowest pooled vote goes.
+struct SnapKvReference : LastQueriesReference {
+  int kernel = 5;
+  bool max_pool = false;
+  std::map<std::int64_t, double> pooled;
+  template <class S>
+  void observe(const AttentionView<S>& a) {
+    LastQueriesReference::observe(a);
+    std::vector<std::int64_t> held;
+    for (int s = 0; s < a.slots.capacity; ++s)
+      if (a.slots.occupied(s)) held.push_back(a.slots.positions[s]);
+    std::sort(held.begin(), held.end());
+    const std::int64_t newest = held.back();
+    while (!held.empty() && protects(held.back(), newest)) held.pop_back();
+    pooled.clear();
+    const int n = int(held.size());
+    for (int i = 0; i < n; ++i) {
+      double sum = 0, top = 0;
+      for (int j = i - kernel / 2; j <= i + kernel / 2; ++j)
+        if (j >= 0 && j < n) {
+          sum += score(held[std::size_t(j)]);
+          top = std::max(top, score(held[std::size_t(j)]));
+        }
+      pooled[held[std::size_t(i)]] = max_pool ? top : sum / kernel;
+    }
+  }
+  int select(const kvevict::SlotView& v) const {
+    int victim = -1;
+    for (int s = 0; s < v.capacity; ++s) {
+      if (!v.occupied(s) || protects(v.positions[s], v.newest)) continue;
+      const double mine = pooled.at(v.positions[s]);
+      if (victim < 0 || mine < pooled.at(v.positions[victim]) ||
+          (mine == pooled.at(v.positions[victim]) && v.positions[s] < v.positions[victim]))
+        victim = s;
+    }
+    return victim;
+  }
+};
+
+TEST(SnapKV, CompressesAPromptByPooledObservationWindowVotesThenKeepsVoting) {
+  for (const bool max_pool : {false, true}) {
+    kvevict::SnapKV snap;
+    snap.window = 4;
+    snap.recent = 4;
+    snap.kernel = 3;
+    snap.pooling = max_pool ? kvevict::SnapKV::Pooling::max : kvevict::SnapKV::Pooling::average;
+    SnapKvReference reference;
+    reference.r = 4;
+    reference.recent = 4;
+    reference.kernel = 3;
+    reference.max_pool = max_pool;
+    expect_same_kept_sets(snap, reference, max_pool ? 71 : 72, 40);  // 40 prompt tokens compressed to 12
+  }
+}
+
+TEST(SnapKV, PoolingKeepsTheNeighboursOfAChosenToken) {
+  // One query attends to token 5 alone: its neighbours share its pooled vote and survive; every other
+  // token outside the window has none.
+  kvevict::SnapKV snap;
+  snap.window = 1;
+  snap.recent = 1;
+  snap.kernel = 3;
+  Evictor<kvevict::SnapKV> e(snap, HeadContext{0, 0, 1, 4, 16, 4, 1});
+  const float ones[4] = {1, 1, 1, 1};
+  for (int p = 0; p < 12; ++p) e.admit(p, ones, ones);
+  std::vector<float> probs(16, 0.0f);
+  probs[5] = 1.0f;
+  show(e, probs, 1, 11);
+  while (e.over_budget()) e.evict_one();
+  std::set<std::int64_t> held;
+  for (int s = 0; s < 16; ++s)
+    if (e.slots().occupied(s)) held.insert(e.slots().position(s));
+  EXPECT_EQ(held, (std::set<std::int64_t>{4, 5, 6, 11}));
+}
 
 TEST(L2Norm, KeepsExactlyTheLowestNormKeysAndItsProtectedTokens) {
   const kvevict::Shape shape{1, 2, 1, 8, 10};

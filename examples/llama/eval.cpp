@@ -23,12 +23,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <iterator>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <random>
@@ -81,6 +81,7 @@ const char* const kUsage =
     "  --skip-chars N           start the stream N characters into the text (default 0)\n"
     "  --budgets B[,B...]       cache budgets in tokens (default 128,256,512)\n"
     "  --policies P[,P...]      dense, window, recompute, streaming, streaming:N, streaming-nl, h2o, ahakv, l2,\n"
+    "                           snapkv, tova,\n"
     "                           h2o+sinks, ahakv+sinks (4 sinks), l2+recent (32 newest), pyramid-h2o,\n"
     "                           pyramid-ahakv (PyramidKV budgets), adakv-h2o, adakv-ahakv (AdaKV budgets),\n"
     "                           h2o-cachepos, ahakv-cachepos (positions within the cache)\n"
@@ -141,10 +142,10 @@ void add_pairs(const std::string& v, std::vector<std::pair<std::string, std::str
 std::vector<int> recompute_targets(const Options& opt);
 
 // What make() builds, besides streaming:N.
-const char* const kPolicyNames[] = {
-    "dense",         "window",    "recompute",   "streaming",    "streaming-nl",  "h2o",
-    "ahakv",         "l2",        "h2o+sinks",   "ahakv+sinks",  "l2+recent",     "pyramid-h2o",
-    "pyramid-ahakv", "adakv-h2o", "adakv-ahakv", "h2o-cachepos", "ahakv-cachepos"};
+const char* const kPolicyNames[] = {"dense",     "window",      "recompute",    "streaming",     "streaming-nl",
+                                    "h2o",       "ahakv",       "l2",           "snapkv",        "tova",
+                                    "h2o+sinks", "ahakv+sinks", "l2+recent",    "pyramid-h2o",   "pyramid-ahakv",
+                                    "adakv-h2o", "adakv-ahakv", "h2o-cachepos", "ahakv-cachepos"};
 
 // Every policy name, before the model is read.
 void check_policies(const Options& o) {
@@ -338,6 +339,8 @@ std::unique_ptr<llama::SequenceCache> make(const llama::Model& m, const std::str
   if (name == "h2o") return m.make_cache<kvevict::H2O>(budget, {}, 4);
   if (name == "ahakv") return m.make_cache<kvevict::AhaKV>(budget, {}, 4);
   if (name == "l2") return m.make_cache<kvevict::L2Norm>(budget, {}, 4);
+  if (name == "snapkv") return m.make_cache<kvevict::SnapKV>(budget, {}, 4);
+  if (name == "tova") return m.make_cache<kvevict::TOVA>(budget, {}, 4);
   // Compositions and budget schedules (kvevict/policies/protected.hpp, kvevict/budgets.hpp).
   if (name == "h2o+sinks") return m.make_cache(budget, kvevict::with_sinks(kvevict::H2O{}, 4), 4);
   if (name == "ahakv+sinks") return m.make_cache(budget, kvevict::with_sinks(kvevict::AhaKV{}, 4), 4);

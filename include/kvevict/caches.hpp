@@ -8,7 +8,9 @@
 #include "policies/h2o.hpp"
 #include "policies/l2_norm.hpp"
 #include "policies/sliding_window_recompute.hpp"
+#include "policies/snapkv.hpp"
 #include "policies/streaming_llm.hpp"
+#include "policies/tova.hpp"
 #include "policies/window.hpp"
 
 namespace kvevict {
@@ -21,6 +23,8 @@ using RecomputeCache = KVCache<float, SlidingWindowRecompute>;
 using H2OCache = KVCache<float, H2O>;
 using AhaKVCache = KVCache<float, AhaKV>;
 using L2NormCache = KVCache<float, L2Norm>;
+using SnapKVCache = KVCache<float, SnapKV>;
+using TOVACache = KVCache<float, TOVA>;
 
 }  // namespace kvevict
 

@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../policy.hpp"
 
@@ -42,6 +43,44 @@ void accumulate(const AttentionView<Scalar>& a, GroupReduce reduce, double* scor
       }
   }
 }
+
+/// Per slot, the sum of the last `window` rows added (one row per query, a weight per slot): a ring of the
+/// rows themselves, so the oldest leaves the sum as the newest enters; window 0 sums every row. Serves
+/// scores that remember only the recent queries (AhaKV's recent accumulation, SnapKV's observation window).
+/// Memory: window x capacity floats; add() costs O(capacity).
+class RecentSum {
+ public:
+  void reset(int window, int capacity) {
+    window_ = window;
+    capacity_ = capacity;
+    rows_.assign(std::size_t(window) * std::size_t(capacity), 0.0f);
+    sum_.assign(std::size_t(capacity), 0.0);
+    added_ = 0;
+  }
+  /// A new token in `slot`: no query has seen it yet.
+  void forget(int slot) {
+    for (int k = 0; k < window_; ++k) rows_[std::size_t(k) * std::size_t(capacity_) + std::size_t(slot)] = 0.0f;
+    sum_[std::size_t(slot)] = 0.0;
+  }
+  template <class Row>
+  void add(const Row& row) {
+    if (window_ == 0) {
+      Eigen::Map<Eigen::ArrayXd>(sum_.data(), capacity_) += row.template cast<double>();
+      return;
+    }
+    Eigen::Map<Eigen::ArrayXf> oldest(rows_.data() + std::size_t(added_ % window_) * std::size_t(capacity_), capacity_);
+    Eigen::Map<Eigen::ArrayXd>(sum_.data(), capacity_) += (row - oldest).template cast<double>();
+    oldest = row;
+    ++added_;
+  }
+  double operator[](int slot) const { return sum_[std::size_t(slot)]; }
+
+ private:
+  int window_ = 0, capacity_ = 0;
+  std::vector<float> rows_;  // window x capacity, a ring by query
+  std::vector<double> sum_;
+  std::int64_t added_ = 0;
+};
 
 }  // namespace kvevict::detail
 

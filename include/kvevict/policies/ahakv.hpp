@@ -79,13 +79,12 @@ struct AhaKV {
     budget_ = context.budget;
     head_dim_ = context.head_dim;
     const auto cap = std::size_t(context.capacity);
-    score_.assign(cap, 0.0);
+    attention_.reset(recent_accumulation ? window : 0, context.capacity);
     prior_.assign(cap, 1.0);
     step_.assign(cap, 0.0f);
     folded_.assign(cap, 0.0f);
-    history_.assign(recent_accumulation ? std::size_t(window) * cap : 0, 0.0f);
     norms_.assign(std::size_t(pool), 0.0);
-    n_appended_ = n_queries_ = 0;
+    n_appended_ = 0;
     max_prior_ = 1.0;
   }
 
@@ -99,8 +98,7 @@ struct AhaKV {
   template <class Scalar>
   void on_append(const TokenView<Scalar>& token) noexcept {
     const auto s = std::size_t(token.slot);
-    score_[s] = 0.0;
-    for (int k = 0; k < int(history_.size() / score_.size()); ++k) history_[std::size_t(k) * score_.size() + s] = 0.0f;
+    attention_.forget(token.slot);
     double nu = 0.0;
     for (int i = 0; i < token.head_dim; ++i) nu += double(token.value[i]) * double(token.value[i]);
     norms_[std::size_t(n_appended_ % pool)] = nu;
@@ -120,7 +118,6 @@ struct AhaKV {
     if (!(max_prior_ > 0.0)) max_prior_ = 1.0;  // all-zero values: every prior is 0 and the scores tie anyway
     using Weights = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
     Eigen::Map<Eigen::ArrayXf> folded(folded_.data(), cap);
-    Eigen::Map<Eigen::ArrayXd> score(score_.data(), cap);
     for (int t = 0; t < a.n_queries; ++t) {
       folded.setZero();
       for (int h = 0; h < a.group; ++h) {
@@ -132,22 +129,14 @@ struct AhaKV {
           folded += Weights(a.probs + std::ptrdiff_t(row) * cap, cap).template cast<float>();
       }
       folded *= 1.0f / float(a.group);
-      if (!recent_accumulation) {
-        score += folded.cast<double>();
-        continue;
-      }
-      // The oldest of the last `window` queries leaves the score as this one enters.
-      Eigen::Map<Eigen::ArrayXf> oldest(history_.data() + std::size_t(n_queries_ % window) * std::size_t(cap), cap);
-      score += (folded - oldest).cast<double>();
-      oldest = folded;
-      ++n_queries_;
+      attention_.add(folded);
     }
   }
 
   /// gamma_bar_j S_j, as the paper writes it.
   double score(int slot) const noexcept {
     const auto s = std::size_t(slot);
-    return value_prior ? score_[s] * (prior_[s] / max_prior_) : score_[s];
+    return value_prior ? attention_[slot] * (prior_[s] / max_prior_) : attention_[slot];
   }
   /// The raw gamma (pooled ||v||^2) of a slot.
   double prior(int slot) const { return prior_[std::size_t(slot)]; }
@@ -168,11 +157,11 @@ struct AhaKV {
   }
 
   int budget_ = 1, head_dim_ = 1;
-  std::vector<double> score_, prior_, norms_;
+  detail::RecentSum attention_;  // S: the (step-gain) weights of the last `window` queries, or of all
+  std::vector<double> prior_, norms_;
   std::vector<float> step_, folded_;
-  std::vector<float> history_;  // window x capacity: each recent query's folded weights, a ring by query
   double max_prior_ = 1.0;
-  std::int64_t n_appended_ = 0, n_queries_ = 0;
+  std::int64_t n_appended_ = 0;
 };
 
 }  // namespace kvevict

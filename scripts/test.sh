@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then builds and runs ctest three ways:
 # C++17 (Release, with benchmarks and examples), C++20, C++17 under AddressSanitizer + UBSan, and the libFuzzer
-# targets built with clang (their seeds and past findings replayed, then each fuzzed for 30 seconds).
+# targets built with clang (their seeds and past findings replayed, then each fuzzed for 15 seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
@@ -25,7 +25,7 @@ configure_and_test build/ci-cxx20 "-LE slow" -DCMAKE_BUILD_TYPE=Release -DKVEVIC
 # Unoptimised forward passes of the real model are too slow to run under the sanitizers: -LE slow.
 configure_and_test build/ci-sanitize "-LE slow" -DCMAKE_BUILD_TYPE=Debug -DKVEVICT_SANITIZE=ON \
   -DKVEVICT_BUILD_BENCHMARKS=OFF -DKVEVICT_BUILD_EXAMPLES=OFF
-configure_and_test build/ci-fuzz "-L fuzz" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DKVEVICT_FUZZ=ON \
+configure_and_test build/ci-fuzz "-L fuzz" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DKVEVICT_FUZZ=ON -DKVEVICT_FUZZ_SECONDS=15 \
   -DKVEVICT_BUILD_TESTS=OFF -DKVEVICT_BUILD_BENCHMARKS=OFF -DKVEVICT_BUILD_EXAMPLES=OFF -DKVEVICT_INSTALL=OFF
 # Last, so that its summary closes the log: the main configuration, everything included.
 configure_and_test build/ci-cxx17 "" -DCMAKE_BUILD_TYPE=Release -DKVEVICT_CXX_STANDARD=17 -DKVEVICT_NATIVE=ON

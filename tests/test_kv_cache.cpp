@@ -358,6 +358,18 @@ TEST(BadInput, SizesAreBoundedBeforeAnythingIsAllocated) {
            kvevict::DenseCache c(Shape{1, 1, 1, 8, 8}, {}, o);
          }),
          "max_chunk: expected in [1, 65536]");
+  expect(error_of([] {
+           CacheOptions o;
+           o.max_prompt = -1;
+           kvevict::DenseCache c(Shape{1, 1, 1, 8, 8}, {}, o);
+         }),
+         "max_prompt: expected in [0, 134217728], got -1");
+  expect(error_of([] {
+           CacheOptions o;
+           o.max_prompt = std::numeric_limits<int>::max();
+           kvevict::DenseCache c(Shape{1, 1, 1, 8, 8}, {}, o);
+         }),
+         "max_prompt: expected in [0, 134217728]");
   // Each count within bounds, the product not: SmolLM2's shape at 64M tokens per head is 2.9 TiB of K/V.
   expect(error_of([] {
            kvevict::StreamingCache c(Shape{30, 9, 3, 64, 1 << 26}, kvevict::StreamingLLM{4});

@@ -202,4 +202,59 @@ TYPED_TEST(PolicyInvariants, EqualsDenseWhenTheBudgetCoversTheSequence) {
       }
     }
 }
+
+TYPED_TEST(PolicyInvariants, CompressesAWholePromptToExactlyItsBudget) {
+  // Prompt compression: with max_prompt the whole prompt is appended and attended chunk by chunk with nothing
+  // evicted, then one evict() per layer brings it to the budget, keeping what the policy promised. It keeps
+  // the same tokens as the same prompt passed as one chunk (max_chunk = its length): the policy saw the same
+  // weights, only in pieces.
+  using CacheT = typename TestFixture::Cache;
+  using MatrixT = typename TestFixture::Matrix;
+  using Traits = kvevict::policy_traits<typename TestFixture::Policy>;
+  constexpr int kPrompt = TestFixture::kTokens;
+  const Shape s = TestFixture::shape(TestFixture::budget_for(16));
+  CacheOptions chunked = TestFixture::options();
+  chunked.max_prompt = kPrompt;
+  CacheOptions whole = TestFixture::options();
+  whole.max_chunk = kPrompt;
+  const auto policy = testing_support::make_policy<typename TestFixture::Policy>();
+  CacheT cache(s, policy, chunked), one_chunk(s, policy, whole);
+  const Stream<typename TestFixture::Scalar> stream(s, kPrompt, 6);
+  for (int l = 0; l < s.n_layers; ++l) {
+    const auto& q = stream.q[std::size_t(l)];
+    const auto& k = stream.k[std::size_t(l)];
+    const auto& v = stream.v[std::size_t(l)];
+    for (int t = 0; t < kPrompt; t += chunked.max_chunk) {
+      MatrixT out(chunked.max_chunk, q.cols());
+      cache.append(l, k.middleRows(t, chunked.max_chunk), v.middleRows(t, chunked.max_chunk));
+      cache.attend(l, q.middleRows(t, chunked.max_chunk), out);
+    }
+    for (int h = 0; h < s.n_kv_heads; ++h) ASSERT_EQ(cache.size(l, h), kPrompt) << "evicted before evict()";
+    cache.evict(l);
+    MatrixT out(kPrompt, q.cols());
+    one_chunk.forward(l, q, k, v, out);
+  }
+  for (int l = 0; l < s.n_layers; ++l) {
+    const int budget = cache.head(l, 0).context().budget;
+    EXPECT_EQ(testing_support::layer_held(cache, l), long(s.n_kv_heads) * (Traits::evicts ? budget : kPrompt));
+    for (int h = 0; h < s.n_kv_heads; ++h) {
+      const auto& head = cache.head(l, h);
+      std::set<std::int64_t> held, held_one_chunk;
+      for (int slot = 0; slot < head.slots().capacity(); ++slot)
+        if (head.slots().occupied(slot)) held.insert(head.slots().position(slot));
+      const auto& other = one_chunk.head(l, h).slots();
+      for (int slot = 0; slot < other.capacity(); ++slot)
+        if (other.occupied(slot)) held_one_chunk.insert(other.position(slot));
+      if (!Traits::shares_layer_budget) {
+        EXPECT_EQ(int(held.size()), Traits::evicts ? budget : kPrompt);
+      }
+      for (int p = 0; p < kPrompt; ++p) {
+        if (head.protects(p, kPrompt - 1)) {
+          EXPECT_TRUE(held.count(p)) << "position " << p << " promised but gone";
+        }
+      }
+      EXPECT_EQ(held, held_one_chunk) << "layer " << l << " head " << h;
+    }
+  }
+}
 }  // namespace

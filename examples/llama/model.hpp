@@ -83,6 +83,12 @@ class SequenceCache {
   virtual ~SequenceCache() = default;
   virtual void forward(int layer, const Eigen::Ref<const Matrix>& q, const Eigen::Ref<const Matrix>& k,
                        const Eigen::Ref<const Matrix>& v, Eigen::Ref<Matrix> out) = 0;
+  /// The three parts of forward(), for prompt compression: append and attend chunk by chunk, evict once.
+  virtual void append(int layer, const Eigen::Ref<const Matrix>& k, const Eigen::Ref<const Matrix>& v) = 0;
+  virtual void attend(int layer, const Eigen::Ref<const Matrix>& q, Eigen::Ref<Matrix> out) = 0;
+  virtual void evict(int layer) = 0;
+  /// A copy to go on from here: a prompt's shared beginning is read once and forked.
+  virtual std::unique_ptr<SequenceCache> clone() const = 0;
   virtual void clear() = 0;
   virtual int size(int layer, int kv_head) const = 0;
   virtual int max_chunk() const = 0;
@@ -97,6 +103,14 @@ class CacheOf final : public SequenceCache {
                const Eigen::Ref<const Matrix>& v, Eigen::Ref<Matrix> out) override {
     cache.forward(layer, q, k, v, out);
   }
+  void append(int layer, const Eigen::Ref<const Matrix>& k, const Eigen::Ref<const Matrix>& v) override {
+    cache.append(layer, k, v);
+  }
+  void attend(int layer, const Eigen::Ref<const Matrix>& q, Eigen::Ref<Matrix> out) override {
+    cache.attend(layer, q, out);
+  }
+  void evict(int layer) override { cache.evict(layer); }
+  std::unique_ptr<SequenceCache> clone() const override { return std::make_unique<CacheOf>(*this); }
   void clear() override { cache.clear(); }
   int size(int layer, int kv_head) const override { return cache.size(layer, kv_head); }
   int max_chunk() const override { return cache.options().max_chunk; }
@@ -186,9 +200,10 @@ class Model {
   kvevict::Shape shape(int budget) const {
     return kvevict::Shape{c_.n_layers, c_.n_heads, c_.n_kv_heads, c_.head_dim, budget};
   }
-  kvevict::CacheOptions cache_options(int max_chunk = 64) const {
+  kvevict::CacheOptions cache_options(int max_chunk = 64, int max_prompt = 0) const {
     kvevict::CacheOptions o;
     o.max_chunk = max_chunk;
+    o.max_prompt = max_prompt;
     o.rope = kvevict::Rope(c_.head_dim, c_.rope_theta, kvevict::RopeLayout::adjacent);  // GGUF's Q/K permutation
     // Long caches split each group's keys across the engine's threads (one sequence alone; sequences side
     // by side already fill them, and the pool then runs the splits in place).
@@ -203,9 +218,10 @@ class Model {
   KvType kv_type() const { return kv_type_; }
 
   template <class Policy>
-  std::unique_ptr<SequenceCache> make_cache(int budget, const Policy& policy = Policy{}, int max_chunk = 64) const {
+  std::unique_ptr<SequenceCache> make_cache(int budget, const Policy& policy = Policy{}, int max_chunk = 64,
+                                            int max_prompt = 0) const {
     const kvevict::Shape s = shape(budget);
-    const kvevict::CacheOptions o = cache_options(max_chunk);
+    const kvevict::CacheOptions o = cache_options(max_chunk, max_prompt);
     switch (kv_type_) {
       case KvType::f16:
         return std::make_unique<CacheOf<Eigen::half, Policy>>(s, policy, o);

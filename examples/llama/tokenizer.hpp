@@ -71,6 +71,13 @@ class Tokenizer {
                               std::to_string(id));
     return tokens_[std::size_t(id)];
   }
+  /// The id of the token spelled `piece`: a chat template's control tokens, such as "<|im_start|>", which
+  /// encode() never produces from text. @throws std::out_of_range naming the piece when there is none
+  int id(const std::string& piece) const {
+    const auto it = id_.find(piece);
+    if (it == id_.end()) throw std::out_of_range("token: the vocabulary has no token " + piece);
+    return it->second;
+  }
   /// Bytes with no token of their own, so text containing them cannot be encoded.
   const std::vector<unsigned char>& missing_bytes() const { return missing_bytes_; }
 

@@ -23,7 +23,11 @@ namespace kvevict {
 
 /// Settings of a cache beyond its shape.
 struct CacheOptions {
-  int max_chunk = 64;          ///< most tokens one append() may add (prefill chunk); decode appends 1
+  int max_chunk = 64;  ///< most tokens one append() may add (prefill chunk); decode appends 1
+  /// Prompt compression: the most tokens appended between two evictions, when more than max_chunk. A whole
+  /// prompt is then appended and attended chunk by chunk with nothing evicted (full attention, every weight
+  /// shown to the policy), and one evict() per layer compresses it to the budget. 0: max_chunk.
+  int max_prompt = 0;
   AttentionOptions attention;  ///< normalisation, scale, sink logits; key splits over the engine's threads
   Rope rope;                   ///< RoPE applied by the cache to appended keys and to queries; none by default
   bool check_finite = false;   ///< reject NaN/Inf in keys/values and queries, and keys/values beyond the storage range
@@ -35,9 +39,9 @@ struct CacheOptions {
 /// A KV cache that owns its K/V and evicts through `Policy`.
 ///
 /// Per (layer, kv head) K and V are row-major `capacity x head_dim` blocks of `Storage`, one row per slot, with
-/// capacity = budget + max_chunk. A step appends a chunk, attends it over everything held, then evicts back
-/// to the budget; an evicted slot is reused by the next token, so eviction costs O(head_dim) per token and
-/// nothing is ever compacted. Once constructed the cache allocates nothing.
+/// capacity = budget + max(max_chunk, max_prompt). A step appends a chunk, attends it over everything held, then evicts
+/// back to the budget; an evicted slot is reused by the next token, so eviction costs O(head_dim) per token and nothing
+/// is ever compacted. Once constructed the cache allocates nothing.
 ///
 /// Matrices passed in hold one token per row and heads side by side: keys/values are
 /// T x (n_kv_heads * head_dim), queries/out are T x (n_q_heads * head_dim), all in the compute type (float, or
@@ -86,7 +90,7 @@ class KVCache {
     keys_.reserve(heads);
     values_.reserve(heads);
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
-      const int budget = budgets[std::size_t(layer)], capacity = head_limit(policy, budget) + options_.max_chunk;
+      const int budget = budgets[std::size_t(layer)], capacity = head_limit(policy, budget) + headroom();
       for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
         heads_.emplace_back(policy, HeadContext{}
                                         .with_layer(layer, shape_.n_layers)
@@ -125,7 +129,7 @@ class KVCache {
   const Shape& shape() const { return shape_; }
   const CacheOptions& options() const { return options_; }
   /// Slots of each head of `layer`: the most it may hold after a step (its budget, or with a budget shared
-  /// across heads what the others' floors leave) plus max_chunk.
+  /// across heads what the others' floors leave) plus max(max_chunk, max_prompt).
   int capacity(int layer = 0) const { return heads_[checked(layer, 0)].context().capacity; }
   /// Tokens appended to `layer` so far; the next one gets this position.
   std::int64_t n_seen(int layer) const {
@@ -285,6 +289,8 @@ class KVCache {
     shape.validate();
     KVEVICT_REQUIRE(options.max_chunk > 0 && options.max_chunk <= kMaxMaxChunk, "max_chunk",
                     "in [1, " + std::to_string(kMaxMaxChunk) + "]", options.max_chunk);
+    KVEVICT_REQUIRE(options.max_prompt >= 0 && options.max_prompt <= kMaxTokensPerHead, "max_prompt",
+                    "in [0, " + std::to_string(kMaxTokensPerHead) + "]", options.max_prompt);
     KVEVICT_REQUIRE(options.attention.key_splits >= 1 && options.attention.key_splits <= 256, "attention.key_splits",
                     "in [1, 256]", options.attention.key_splits);
     KVEVICT_REQUIRE(!options.rope.enabled() || options.rope.head_dim() == shape.head_dim, "rope.head_dim",
@@ -296,11 +302,14 @@ class KVCache {
     return shape;
   }
 
+  // Slots beyond the budget: room for the tokens appended between two evictions.
+  int headroom() const { return std::max(options_.max_chunk, options_.max_prompt); }
+
   // Everything the constructor will allocate, in double so that no product overflows, against max_bytes.
   void check_memory(const Policy& policy, const std::vector<int>& budgets) const {
     double rows = 0.0, widest = 0.0;
     for (int budget : budgets) {
-      const double capacity = double(head_limit(policy, budget)) + options_.max_chunk;
+      const double capacity = double(head_limit(policy, budget)) + headroom();
       rows += capacity * shape_.n_kv_heads;
       widest = std::max(widest, capacity);
     }
@@ -310,8 +319,8 @@ class KVCache {
     if (bytes > options_.max_bytes) {
       std::ostringstream expected, got;
       expected << "a cache of at most max_bytes = " << options_.max_bytes / double(1 << 30)
-               << " GiB (n_layers x n_kv_heads x (budget + max_chunk) x head_dim x 2 x " << sizeof(Storage)
-               << " bytes, plus the attention weights)";
+               << " GiB (n_layers x n_kv_heads x (budget + max(max_chunk, max_prompt)) x head_dim x 2 x "
+               << sizeof(Storage) << " bytes, plus the attention weights)";
       got << bytes / double(1 << 30) << " GiB";
       detail::fail("budget", expected.str(), got.str());
     }

@@ -12,7 +12,8 @@
 /// max pooling), so that a chosen token brings its context along; the newest `recent` tokens (the window
 /// itself, by default) always stay and, as in the paper, do not enter the pooling of the others. The lowest
 /// pooled vote leaves, the older on ties.
-/// Compressing a prompt is one forward() of the whole prompt as one chunk (max_chunk at least its length):
+/// Compressing a prompt: append and attend it in chunks with CacheOptions::max_prompt at least its length,
+/// then evict() once (or forward() it as one chunk, max_chunk at least its length):
 /// its last `window` queries are the observation window and the cache comes out at the budget. Streaming,
 /// the window slides: the votes of the last `window` queries seen.
 /// Cost per step: O(queries x group x capacity) to fold the weights (the order of attention itself), and

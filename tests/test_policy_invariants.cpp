@@ -207,7 +207,7 @@ TYPED_TEST(PolicyInvariants, CompressesAWholePromptToExactlyItsBudget) {
   // Prompt compression: with max_prompt the whole prompt is appended and attended chunk by chunk with nothing
   // evicted, then one evict() per layer brings it to the budget, keeping what the policy promised. It keeps
   // the same tokens as the same prompt passed as one chunk (max_chunk = its length): the policy saw the same
-  // weights, only in pieces.
+  // weights, only in pieces; and evict()'s one-pass selection frees the same slots as evict_one() in a loop.
   using CacheT = typename TestFixture::Cache;
   using MatrixT = typename TestFixture::Matrix;
   using Traits = kvevict::policy_traits<typename TestFixture::Policy>;
@@ -230,7 +230,20 @@ TYPED_TEST(PolicyInvariants, CompressesAWholePromptToExactlyItsBudget) {
       cache.attend(l, q.middleRows(t, chunked.max_chunk), out);
     }
     for (int h = 0; h < s.n_kv_heads; ++h) ASSERT_EQ(cache.size(l, h), kPrompt) << "evicted before evict()";
+    std::vector<kvevict::Evictor<typename TestFixture::Policy>> one_at_a_time;  // the reference for the bulk path
+    for (int h = 0; h < s.n_kv_heads; ++h) one_at_a_time.push_back(cache.head(l, h));
     cache.evict(l);
+    if (!Traits::shares_layer_budget) {
+      for (int h = 0; h < s.n_kv_heads; ++h) {
+        auto& e = one_at_a_time[std::size_t(h)];
+        while (e.over_budget()) e.evict_one();
+        const auto& bulk = cache.head(l, h).slots();
+        for (int slot = 0; slot < bulk.capacity(); ++slot) {
+          ASSERT_EQ(bulk.position(slot), e.slots().position(slot)) << "layer " << l << " head " << h;
+          ASSERT_EQ(bulk.rotated_at(slot), e.slots().rotated_at(slot)) << "layer " << l << " head " << h;
+        }
+      }
+    }
     MatrixT out(kPrompt, q.cols());
     one_chunk.forward(l, q, k, v, out);
   }

@@ -91,6 +91,8 @@ class SequenceCache {
   virtual std::unique_ptr<SequenceCache> clone() const = 0;
   virtual void clear() = 0;
   virtual int size(int layer, int kv_head) const = 0;
+  /// Positions of the tokens (layer, kv_head) holds, in slot order.
+  virtual std::vector<std::int64_t> positions(int layer, int kv_head) const = 0;
   virtual int max_chunk() const = 0;
 };
 
@@ -113,6 +115,13 @@ class CacheOf final : public SequenceCache {
   std::unique_ptr<SequenceCache> clone() const override { return std::make_unique<CacheOf>(*this); }
   void clear() override { cache.clear(); }
   int size(int layer, int kv_head) const override { return cache.size(layer, kv_head); }
+  std::vector<std::int64_t> positions(int layer, int kv_head) const override {
+    const auto& slots = cache.head(layer, kv_head).slots();
+    std::vector<std::int64_t> held;
+    for (int s = 0; s < slots.capacity(); ++s)
+      if (slots.occupied(s)) held.push_back(slots.position(s));
+    return held;
+  }
   int max_chunk() const override { return cache.options().max_chunk; }
   kvevict::KVCache<Storage, Policy> cache;
 };

@@ -34,6 +34,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <random>
@@ -62,6 +63,7 @@ struct Options {
   unsigned seed = 1;
   int threads = 0;
   bool read_every_chunk = false;
+  bool check_watchers = false;
 };
 
 const char* const kUsage =
@@ -80,7 +82,9 @@ const char* const kUsage =
     "  --seed N                seed of the numbers (default 1)\n"
     "  --threads N             threads (default: all cores)\n"
     "  --read-every-chunk      compress mode: every policy attends every chunk, not just those it reads\n"
-    "                          (the same answers, slower: a check of the shortcut)\n";
+    "                          (the same kept tokens, slower: a check of the shortcut)\n"
+    "  --check-watchers        compress mode: also run each policy that watches dense's prefill in a cache of its\n"
+    "                          own, attending the chunks it reads, and stop unless both keep the same tokens\n";
 
 [[noreturn]] void usage(const std::string& message) {
   std::cerr << "kvevict_passkey: " << message << "\n" << kUsage;
@@ -124,8 +128,8 @@ Options parse(int argc, char** argv) {
       std::cout << kUsage;
       std::exit(0);
     }
-    if (a == "--read-every-chunk") {
-      o.read_every_chunk = true;
+    if (a == "--read-every-chunk" || a == "--check-watchers") {
+      (a == "--read-every-chunk" ? o.read_every_chunk : o.check_watchers) = true;
       continue;
     }
     if (i + 1 >= argc) usage(a + " needs a value");
@@ -251,14 +255,6 @@ class PromptBuilder {
 // only the newest queries), and the attention it skips is the bulk of a long prompt's cost.
 enum class Reads { none, last_chunk, all };
 
-struct Run {
-  std::string policy, budget_label;
-  int budget = 0;
-  Reads reads = Reads::all;
-  std::unique_ptr<SequenceCache> cache;
-  Run fork() const { return Run{policy, budget_label, budget, reads, cache->clone()}; }
-};
-
 std::unique_ptr<SequenceCache> make_cache(const llama::Model& m, const std::string& name, int budget, int max_prompt) {
   if (name == "window") return m.make_cache<kvevict::Window>(budget, {}, 64, max_prompt);
   if (name == "streaming") return m.make_cache(budget, kvevict::StreamingLLM{4}, 64, max_prompt);
@@ -276,8 +272,218 @@ Reads reads_of(const std::string& name) {
   return Reads::none;
 }
 
+// ------------------------------------------------------------------------------ one attention, many policies
+
+// The policies that rank by attention read it from dense's prefill instead of computing it again: each keeps
+// its own Evictor per head (kvevict's contract for memory it does not own) over dense's slots, fed through
+// Tee, a dense policy that shows every token and every weight it sees to them. The slots agree because
+// nothing is evicted while the prompt is read.
+class Watcher {
+ public:
+  virtual ~Watcher() = default;
+  virtual void admit(int layer, int kv_head, const kvevict::TokenView<float>& token) = 0;
+  virtual void observe(int layer, int kv_head, const kvevict::AttentionView<float>& weights) = 0;
+  /// Evicts every head to its budget; the kept keys must not move (positions as in the prompt).
+  virtual void compress() = 0;
+  virtual const std::int64_t* positions(int layer, int kv_head) const = 0;
+  virtual std::unique_ptr<Watcher> clone() const = 0;
+  Reads reads = Reads::all;
+};
+
+template <class Policy>
+class WatcherOf final : public Watcher {
+ public:
+  WatcherOf(const llama::Model& model, const Policy& policy, int budget, int capacity, Reads r)
+      : n_kv_(model.config().n_kv_heads) {
+    reads = r;
+    const auto& c = model.config();
+    for (int l = 0; l < c.n_layers; ++l)
+      for (int h = 0; h < c.n_kv_heads; ++h)
+        heads_.emplace_back(policy, kvevict::HeadContext{}
+                                        .with_layer(l, c.n_layers)
+                                        .with_kv_head(h)
+                                        .with_budget(budget)
+                                        .with_capacity(capacity)
+                                        .with_head_dim(c.head_dim)
+                                        .with_group_size(c.n_heads / c.n_kv_heads));
+  }
+  void admit(int layer, int kv_head, const kvevict::TokenView<float>& token) override {
+    auto& head = at(layer, kv_head);
+    if (head.next_free_slot() != token.slot) throw std::logic_error("a watcher's slots left dense's");
+    head.admit(token.position, token.key, token.value);
+  }
+  void observe(int layer, int kv_head, const kvevict::AttentionView<float>& w) override {
+    auto& head = at(layer, kv_head);
+    head.observe(kvevict::AttentionView<float>{w.probs, w.logits, w.scale, w.query_positions, w.n_queries, w.group,
+                                               head.view()});
+  }
+  void compress() override {
+    for (auto& head : heads_) {
+      head.evict_to_budget();
+      head.move_keys([](int, std::int64_t, std::int64_t, std::int64_t) {
+        throw std::logic_error("a watched policy moved a key");
+      });
+    }
+  }
+  const std::int64_t* positions(int layer, int kv_head) const override {
+    return heads_[std::size_t(layer * n_kv_ + kv_head)].slots().positions();
+  }
+  std::unique_ptr<Watcher> clone() const override { return std::make_unique<WatcherOf>(*this); }
+
+ private:
+  kvevict::Evictor<Policy>& at(int layer, int kv_head) { return heads_[std::size_t(layer * n_kv_ + kv_head)]; }
+  int n_kv_;
+  std::vector<kvevict::Evictor<Policy>> heads_;
+};
+
+std::unique_ptr<Watcher> make_watcher(const llama::Model& m, const std::string& name, int budget, int capacity,
+                                      Reads reads) {
+  if (name == "h2o") return std::make_unique<WatcherOf<kvevict::H2O>>(m, kvevict::H2O{}, budget, capacity, reads);
+  if (name == "ahakv") return std::make_unique<WatcherOf<kvevict::AhaKV>>(m, kvevict::AhaKV{}, budget, capacity, reads);
+  if (name == "snapkv")
+    return std::make_unique<WatcherOf<kvevict::SnapKV>>(m, kvevict::SnapKV{}, budget, capacity, reads);
+  if (name == "tova") return std::make_unique<WatcherOf<kvevict::TOVA>>(m, kvevict::TOVA{}, budget, capacity, reads);
+  usage("no watcher for policy " + name);
+}
+
+// Which watchers dense's prefill feeds now (none while decoding), and whether this is the prompt's last chunk.
+// The watchers keep separate state, so they observe side by side on the engine's threads.
+struct Switchboard {
+  std::vector<Watcher*> watchers;
+  bool last_chunk = false;
+  std::function<void(int, kvevict::TaskRef)> parallel_for;
+  std::vector<Watcher*> reading;  // scratch of observe()
+
+  template <class Task>
+  void for_each(const std::vector<Watcher*>& ws, Task&& task) {
+    auto one = [&](int i) { task(*ws[std::size_t(i)]); };
+    parallel_for(int(ws.size()), kvevict::TaskRef(one));
+  }
+};
+
+/// Dense, showing what it sees to the switchboard's watchers.
+struct Tee {
+  static constexpr bool evicts = false;
+  static constexpr bool needs_logits = true;  // AhaKV reads logits
+  std::shared_ptr<Switchboard> board;
+  int layer = 0, kv_head = 0;
+
+  void init(const kvevict::HeadContext& c) {
+    layer = c.layer;
+    kv_head = c.kv_head;
+  }
+  int select(const kvevict::SlotView&) const noexcept { return -1; }
+  bool protects(std::int64_t, std::int64_t) const noexcept { return true; }
+  void on_append(const kvevict::TokenView<float>& token) {
+    for (Watcher* w : board->watchers) w->admit(layer, kv_head, token);
+  }
+  void observe(const kvevict::AttentionView<float>& weights) {
+    auto& reading = board->reading;
+    reading.clear();
+    for (Watcher* w : board->watchers)
+      if (w->reads == Reads::all || (w->reads == Reads::last_chunk && board->last_chunk)) reading.push_back(w);
+    board->for_each(reading, [&](Watcher& w) { w.observe(layer, kv_head, weights); });
+  }
+};
+
+// A watcher's compressed cache for decoding: a copy of dense's keys and values in which only the tokens the
+// policy kept are visible (the others' positions are free), new tokens appended after the prompt. It never
+// evicts: what is decoded after a compression is a few tokens.
+class KeptCopy final : public SequenceCache {
+ public:
+  KeptCopy(const llama::Model& model, const kvevict::KVCache<float, Tee>& dense, const Watcher& watcher)
+      : options_(model.cache_options()),
+        d_(model.config().head_dim),
+        group_(model.config().n_heads / model.config().n_kv_heads) {
+    options_.attention.key_splits = 1;
+    const auto& c = model.config();
+    for (int l = 0; l < c.n_layers; ++l) {
+      for (int h = 0; h < c.n_kv_heads; ++h) {
+        const int capacity = dense.capacity(l);
+        keys_.push_back(dense.keys(l, h));
+        values_.push_back(dense.values(l, h));
+        const std::int64_t* p = watcher.positions(l, h);
+        positions_.emplace_back(p, p + capacity);
+        used_.push_back(int(dense.head(l, h).slots().high_water()));
+      }
+      n_seen_.push_back(dense.n_seen(l));
+    }
+    n_kv_ = c.n_kv_heads;
+  }
+  void forward(int layer, const Eigen::Ref<const Matrix>& q, const Eigen::Ref<const Matrix>& k,
+               const Eigen::Ref<const Matrix>& v, Eigen::Ref<Matrix> out) override {
+    const int t_count = int(q.rows());
+    const std::int64_t first = n_seen_[std::size_t(layer)];
+    queries_ = q;
+    query_pos_.resize(std::size_t(t_count));
+    for (int t = 0; t < t_count; ++t) {
+      query_pos_[std::size_t(t)] = first + t;
+      for (int h = 0; h < int(q.cols()) / d_; ++h) options_.rope.rotate(queries_.row(t).data() + h * d_, first + t);
+    }
+    for (int kv = 0; kv < n_kv_; ++kv) {
+      const std::size_t i = std::size_t(layer * n_kv_ + kv);
+      for (int t = 0; t < t_count; ++t) {
+        const int row = used_[i]++;
+        if (row >= keys_[i].rows()) throw std::logic_error("KeptCopy: no room left after the prompt");
+        keys_[i].row(row) = k.row(t).segment(kv * d_, d_);
+        options_.rope.rotate(keys_[i].row(row).data(), first + t);
+        values_[i].row(row) = v.row(t).segment(kv * d_, d_);
+        positions_[i][std::size_t(row)] = first + t;
+      }
+      probs_.resize(t_count * group_, keys_[i].rows());
+      const auto g =
+          kvevict::GroupAttention<float, float>{}
+              .with_queries(queries_.data() + kv * group_ * d_, queries_.outerStride(), query_pos_.data(), t_count)
+              .with_cache(keys_[i].data(), values_[i].data(), positions_[i].data(), int(keys_[i].rows()), used_[i])
+              .with_heads(group_, d_)
+              .with_weights(probs_.data(), nullptr)
+              .with_output(out.data() + kv * group_ * d_, out.outerStride());
+      kvevict::attend_group(g, options_.attention, kv * group_);
+    }
+    n_seen_[std::size_t(layer)] = first + t_count;
+  }
+  void append(int, const Eigen::Ref<const Matrix>&, const Eigen::Ref<const Matrix>&) override { unused(); }
+  void attend(int, const Eigen::Ref<const Matrix>&, Eigen::Ref<Matrix>) override { unused(); }
+  void evict(int) override {}
+  std::unique_ptr<SequenceCache> clone() const override { unused(); }
+  void clear() override { unused(); }
+  int size(int layer, int kv_head) const override { return int(positions(layer, kv_head).size()); }
+  std::vector<std::int64_t> positions(int layer, int kv_head) const override {
+    std::vector<std::int64_t> held;
+    for (std::int64_t p : positions_[std::size_t(layer * n_kv_ + kv_head)])
+      if (p >= 0) held.push_back(p);
+    return held;
+  }
+  int max_chunk() const override { return 64; }
+
+ private:
+  [[noreturn]] static void unused() { throw std::logic_error("KeptCopy only runs forward()"); }
+  kvevict::CacheOptions options_;
+  int d_, group_, n_kv_ = 0;
+  std::vector<Matrix> keys_, values_;
+  std::vector<std::vector<std::int64_t>> positions_;
+  std::vector<int> used_;
+  std::vector<std::int64_t> n_seen_;
+  std::vector<std::int64_t> query_pos_;
+  Matrix queries_, probs_;
+};
+
+// One policy at one budget: its cache, or until its prompt is compressed, what watches dense's prefill for it.
+struct Run {
+  std::string policy, budget_label;
+  int budget = 0;
+  Reads reads = Reads::all;
+  std::unique_ptr<SequenceCache> cache;
+  std::unique_ptr<Watcher> watcher;
+  Run fork() const {
+    return Run{
+        policy, budget_label, budget, reads, cache ? cache->clone() : nullptr, watcher ? watcher->clone() : nullptr};
+  }
+};
+
 // The prompt read once for every policy: dense attends and its output goes on through the model; every
-// policy's cache appends the same keys and values and attends the chunks whose weights it reads.
+// policy's cache appends the same keys and values and attends the chunks whose weights it reads (with
+// --read-every-chunk; otherwise the policies that read weights watch dense's).
 class SharedPrefill final : public SequenceCache {
  public:
   SharedPrefill(SequenceCache& dense, std::vector<Run>& runs) : dense_(dense), runs_(runs) {}
@@ -285,11 +491,14 @@ class SharedPrefill final : public SequenceCache {
 
   void forward(int layer, const Eigen::Ref<const Matrix>& q, const Eigen::Ref<const Matrix>& k,
                const Eigen::Ref<const Matrix>& v, Eigen::Ref<Matrix> out) override {
-    dense_.forward(layer, q, k, v, out);
+    dense_.forward(layer, q, k, v, out);  // feeds the watchers through Tee
     scratch_.resize(q.rows(), q.cols());
     for (Run& r : runs_) {
+      if (!r.cache) continue;
       r.cache->append(layer, k, v);
-      if (r.reads == Reads::all || (r.reads == Reads::last_chunk && last_chunk)) r.cache->attend(layer, q, scratch_);
+      // A cache beside a watcher (--check-watchers) reads every chunk: the reference for both shortcuts.
+      if (r.reads == Reads::all || r.watcher || (r.reads == Reads::last_chunk && last_chunk))
+        r.cache->attend(layer, q, scratch_);
     }
   }
   void append(int, const Eigen::Ref<const Matrix>&, const Eigen::Ref<const Matrix>&) override { unused(); }
@@ -298,6 +507,9 @@ class SharedPrefill final : public SequenceCache {
   std::unique_ptr<SequenceCache> clone() const override { unused(); }
   void clear() override { unused(); }
   int size(int layer, int kv_head) const override { return dense_.size(layer, kv_head); }
+  std::vector<std::int64_t> positions(int layer, int kv_head) const override {
+    return dense_.positions(layer, kv_head);
+  }
   int max_chunk() const override { return dense_.max_chunk(); }
 
  private:
@@ -326,6 +538,9 @@ class Growing final : public SequenceCache {
   std::unique_ptr<SequenceCache> clone() const override { throw std::logic_error("Growing is not copied"); }
   void clear() override { cache_.clear(); }
   int size(int layer, int kv_head) const override { return cache_.size(layer, kv_head); }
+  std::vector<std::int64_t> positions(int layer, int kv_head) const override {
+    return cache_.positions(layer, kv_head);
+  }
   int max_chunk() const override { return cache_.max_chunk(); }
 
  private:
@@ -349,20 +564,37 @@ Matrix read_side_by_side(const llama::Model& model, Run& dense, std::vector<Run>
 
 // Reads `ids` once for every cache (compress mode), the last chunk a full one where there is room.
 void read_shared(const llama::Model& model, Run& dense, std::vector<Run>& runs, const std::vector<int>& ids,
-                 bool ends_the_prompt) {
+                 bool ends_the_prompt, Switchboard& board) {
   SharedPrefill shared(*dense.cache, runs);
   const std::size_t n = ids.size();
   std::size_t t = 0;
   while (t < n) {
     const std::size_t first = (n - t) % kChunk;  // a short chunk first, so the last is a full one
     const int rows = int(first != 0 ? first : kChunk);
-    shared.last_chunk = ends_the_prompt && t + std::size_t(rows) == n;
+    shared.last_chunk = board.last_chunk = ends_the_prompt && t + std::size_t(rows) == n;
     model.forward({llama::Segment{&shared, &ids[t], rows}});
     t += std::size_t(rows);
   }
 }
 
 // -------------------------------------------------------------------------------------------- the grid
+
+// --check-watchers: the policy's own cache, compressed, against the watcher that read dense's prefill.
+void check_same_tokens(SequenceCache& own, const SequenceCache& watched, const Run& r, const llama::Config& c) {
+  for (int l = 0; l < c.n_layers; ++l) {
+    own.evict(l);
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      auto a = own.positions(l, h), b = watched.positions(l, h);
+      std::sort(a.begin(), a.end());
+      std::sort(b.begin(), b.end());
+      if (a != b)
+        throw std::runtime_error("--check-watchers: " + r.policy + "/" + r.budget_label +
+                                 " keeps other tokens at layer " + std::to_string(l) + " head " + std::to_string(h) +
+                                 " when it watches dense");
+    }
+  }
+  std::fprintf(stderr, "%s/%s: the same tokens in every head\n", r.policy.c_str(), r.budget_label.c_str());
+}
 
 struct Answer {
   std::string policy, budget;
@@ -401,18 +633,39 @@ std::vector<Answer> run_cell(const llama::Model& model, const llama::Tokenizer& 
   const bool compress = opt.mode == "compress";
   const Prompt first = builder.build(context, depth, keys[0]);
   const int compressed_length = int(first.shared.size() + first.compressed.size());
-  Run dense{"dense", "-", context + 16, Reads::all, model.make_cache<kvevict::Dense>(context + 16)};
+  const int dense_budget = context + 16;
+  auto board = std::make_shared<Switchboard>();
+  board->parallel_for = model.cache_options().attention.parallel_for;
+  Run dense{
+      "dense",
+      "-",
+      dense_budget,
+      Reads::all,
+      compress ? model.make_cache(dense_budget, Tee{board, 0, 0}) : model.make_cache<kvevict::Dense>(dense_budget),
+      nullptr};
+  const int dense_capacity = dense_budget + dense.cache->max_chunk();
   std::vector<Run> runs;
   for (const auto& name : opt.policies)
     for (const auto& spec : opt.budgets) {
-      const int budget = budget_of(spec, compressed_length);
-      runs.push_back(Run{name, spec, budget, opt.read_every_chunk ? Reads::all : reads_of(name),
-                         make_cache(model, name, budget, compress ? compressed_length : 0)});
+      Run r{name,    spec,   budget_of(spec, compressed_length), opt.read_every_chunk ? Reads::all : reads_of(name),
+            nullptr, nullptr};
+      if (compress && !opt.read_every_chunk && r.reads != Reads::none)
+        r.watcher = make_watcher(model, name, r.budget, std::max(dense_capacity, r.budget), r.reads);
+      if (!r.watcher || opt.check_watchers)
+        r.cache = make_cache(model, name, r.budget, compress ? compressed_length : 0);
+      runs.push_back(std::move(r));
     }
-  if (compress)
-    read_shared(model, dense, runs, first.shared, false);
-  else
+  auto watch = [&](std::vector<Run>& rs) {
+    board->watchers.clear();
+    for (Run& r : rs)
+      if (r.watcher) board->watchers.push_back(r.watcher.get());
+  };
+  if (compress) {
+    watch(runs);
+    read_shared(model, dense, runs, first.shared, false, *board);
+  } else {
     read_side_by_side(model, dense, runs, first.shared);
+  }
 
   std::vector<Answer> answers;
   for (int key : keys) {
@@ -421,8 +674,21 @@ std::vector<Answer> run_cell(const llama::Model& model, const llama::Tokenizer& 
     std::vector<Run> forks;
     for (const Run& r : runs) forks.push_back(r.fork());
     if (compress) {
-      read_shared(model, d, forks, p.compressed, true);
+      watch(forks);
+      read_shared(model, d, forks, p.compressed, true, *board);
+      board->watchers.clear();  // dense decodes on its own
+      const auto& dense_cache = dynamic_cast<const llama::CacheOf<float, Tee>&>(*d.cache).cache;
+      std::vector<Watcher*> watchers;
+      for (Run& r : forks)
+        if (r.watcher) watchers.push_back(r.watcher.get());
+      board->for_each(watchers, [](Watcher& w) { w.compress(); });
       for (Run& r : forks) {
+        if (r.watcher) {
+          auto kept = std::make_unique<KeptCopy>(model, dense_cache, *r.watcher);
+          if (r.cache) check_same_tokens(*r.cache, *kept, r, model.config());
+          r.cache = std::move(kept);
+          continue;
+        }
         for (int l = 0; l < model.config().n_layers; ++l) r.cache->evict(l);
         r.cache = std::make_unique<Growing>(std::move(r.cache));
       }
@@ -499,6 +765,7 @@ int main(int argc, char** argv) {
                 << a.depth << ',' << a.key << ',' << csv_text(a.text) << ',' << int(a.correct) << '\n';
         }
       }
+      if (csv) csv.flush();
       std::printf("context %d: %.1f s\n", context, seconds_since(start));
       std::fflush(stdout);
     }

@@ -22,11 +22,11 @@ namespace kvevict {
 /// its own memory (paged, quantised, on a device) owns Evictors instead and follows three rules:
 ///   1. write a new token's rows at `next_free_slot()`, then call `admit(...)`;
 ///   2. after attention, hand the weights to `observe(...)`;
-///   3. while `over_budget()`, call `evict_one()`; then, once per step, `move_keys(...)`: in
-///      PositionMode::in_cache it names each kept key whose position moved (RoPE is relative: when a token
-///      leaves, the tokens older than it get one step closer to every later query) with the rotation it has
-///      and the one it needs, and a KeyShifter (rope.hpp) turns the row. Keys move only there, after every
-///      call into the policy, so a step that fails halfway has moved none.
+///   3. while `over_budget()`, call `evict_one()` (or `evict_to_budget()` once); then, once per step,
+///      `move_keys(...)`: in PositionMode::in_cache it names each kept key whose position moved (RoPE is relative: when
+///      a token leaves, the tokens older than it get one step closer to every later query) with the rotation it has and
+///      the one it needs, and a KeyShifter (rope.hpp) turns the row. Keys move only there, after every call into the
+///      policy, so a step that fails halfway has moved none.
 /// Build the KeyShifter with `pinned_prefix()` and give it each new key before RoPE at rule 1: it keeps the
 /// keys the policy holds for good on their exact rotation over any stream.
 /// @tparam Policy a type for which is_eviction_policy_v holds.
@@ -54,6 +54,7 @@ class Evictor {
         slots_(context.capacity),
         order_(kKeepsOrder ? context.capacity : 0),
         stored_at_(kMovesKeys ? std::size_t(context.capacity) : 0, kFreeSlot) {
+    if constexpr (policy_traits<Policy>::scores) ranked_.reserve(std::size_t(context_.capacity));
     if constexpr (detail::has_init<Policy>::value) policy_.init(context_);
     protect_ = validated(policy_traits<Policy>::protection(policy_, context_), context_);
   }
@@ -116,6 +117,33 @@ class Evictor {
   /// Asks the policy for a victim (the lowest score, or its select()) and frees its slot.
   /// @throws std::logic_error when the policy names a free or a protected slot (a bug in the policy).
   Eviction evict_one() { return evict(victim()); }
+
+  /// evict_one() while over_budget(): the same victims, and for a score policy found in one pass. No hook runs
+  /// between the evictions of a step, so the scores stand still and the victims are the eligible tokens with
+  /// the lowest (score, position): O(capacity + k log k) for k victims instead of O(k x capacity), which is
+  /// what compressing a whole prompt at once needs. Allocates nothing.
+  void evict_to_budget() {
+    const int excess = slots_.size() - context_.budget;
+    if constexpr (policy_traits<Policy>::scores) {
+      if (excess > 1) {
+        ranked_.clear();
+        for (int s = 0; s < slots_.capacity(); ++s) {
+          const std::int64_t p = slots_.position(s);
+          if (p != kFreeSlot && !protects(p, newest_)) ranked_.push_back({double(policy_.score(s)), p, s});
+        }
+        if (int(ranked_.size()) >= excess) {  // else evict_one() reports the policy's broken promise
+          const auto lower = [](const Ranked& a, const Ranked& b) {
+            return a.score < b.score || (a.score == b.score && a.position < b.position);
+          };
+          std::nth_element(ranked_.begin(), ranked_.begin() + excess - 1, ranked_.end(), lower);
+          std::sort(ranked_.begin(), ranked_.begin() + excess, lower);
+          for (int k = 0; k < excess; ++k) evict(ranked_[std::size_t(k)].slot);
+          return;
+        }
+      }
+    }
+    while (over_budget()) evict_one();
+  }
 
   /// The slot evict_one() would free now: the policy's select(), or the lowest score() that the
   /// protection lets go (-1 when it lets nothing go).
@@ -238,6 +266,12 @@ class Evictor {
   detail::Ring<int> order_;              // select() policies and in_cache mode: occupied slots by increasing position
   std::vector<std::int64_t> stored_at_;  // in_cache mode: the rotation each slot's key has in memory
   std::int64_t newest_ = -1;
+  struct Ranked {
+    double score;
+    std::int64_t position;
+    int slot;
+  };
+  std::vector<Ranked> ranked_;  // score policies: evict_to_budget()'s candidates, room for every slot
 };
 
 }  // namespace kvevict

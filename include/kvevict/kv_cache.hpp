@@ -273,7 +273,7 @@ class KVCache {
     } else {
       for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
         Evictor<Policy>& h = heads_[index(layer, kv)];
-        while (h.over_budget()) h.evict(h.victim());
+        h.evict_to_budget();
       }
     }
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {

@@ -6,7 +6,8 @@
 For each mode (and question placement) found: OUT_PREFIX_<mode>.png, one panel per policy and budget, depth of
 the needle (rows) by context length (columns), the share of keys answered exactly as colour and number; dense
 in the first column. Prints a markdown table per mode: the share found per policy and budget for each context
-and over all cells, with a 95% Wilson interval over the answers.
+and over all cells, with a 95% Wilson interval over the answers, and how many of the five digits came out
+right from the first on (a needle partly kept gives its first digits and then guesses).
 """
 import csv
 import math
@@ -28,6 +29,14 @@ def wilson(right, total, z=1.96):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def leading_digits(answer, key):
+    answer = answer.lstrip(" ")
+    n = 0
+    while n < len(key) and n < len(answer) and answer[n] == key[n]:
+        n += 1
+    return n
+
+
 def budget_key(b):
     if b == "-":
         return (0, 0)
@@ -36,15 +45,18 @@ def budget_key(b):
 
 def main():
     prefix, paths = sys.argv[1], sys.argv[2:]
-    cells = defaultdict(lambda: [0, 0])  # (mode, question, policy, budget, context, depth) -> [right, total]
+    cells = defaultdict(lambda: [0, 0, 0])  # (mode, question, policy, budget, context, depth) -> [right, total, digits]
     policy_order = []
     for path in paths:
         with open(path) as f:
             for row in csv.DictReader(f):
+                if row.get("correct") not in ("0", "1"):
+                    continue  # a run still writing its last line
                 key = (row["mode"], row["question"], row["policy"], row["budget"], int(row["context"]),
                        int(row["depth"]))
                 cells[key][0] += int(row["correct"])
                 cells[key][1] += 1
+                cells[key][2] += leading_digits(row["answer"], row["key"])
                 if row["policy"] not in policy_order:
                     policy_order.append(row["policy"])
     modes = sorted({(k[0], k[1]) for k in cells})
@@ -70,7 +82,7 @@ def main():
                 grid = [[math.nan] * len(contexts) for _ in depths]
                 for i, d in enumerate(depths):
                     for j, c in enumerate(contexts):
-                        right, total = mine.get((policy, b, c, d), (0, 0))
+                        right, total, _ = mine.get((policy, b, c, d), (0, 0, 0))
                         if total:
                             grid[i][j] = right / total
                 ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
@@ -89,21 +101,23 @@ def main():
         plt.close(fig)
 
         print(f"\n#### {title}\n")
-        print("| policy | budget | " + " | ".join(f"{c}" for c in contexts) + " | all cells (95% interval) |")
-        print("|---|---|" + "---|" * len(contexts) + "---|")
+        print("| policy | budget | " + " | ".join(f"{c}" for c in contexts) + " | all cells (95% interval) | digits right |")
+        print("|---|---|" + "---|" * len(contexts) + "---|---|")
         for policy in ["dense"] + policies:
             for budget in (["-"] if policy == "dense" else budgets):
                 per_context = []
-                right_all = total_all = 0
+                right_all = total_all = digits_all = 0
                 for c in contexts:
                     r = sum(v[0] for k, v in mine.items() if k[0] == policy and k[1] == budget and k[2] == c)
                     t = sum(v[1] for k, v in mine.items() if k[0] == policy and k[1] == budget and k[2] == c)
                     per_context.append(f"{r / t:.2f}" if t else "")
                     right_all += r
                     total_all += t
+                    digits_all += sum(v[2] for k, v in mine.items()
+                                      if k[0] == policy and k[1] == budget and k[2] == c)
                 lo, hi = wilson(right_all, total_all)
                 print(f"| {policy} | {budget} | " + " | ".join(per_context) +
-                      f" | {right_all / total_all:.2f} ({lo:.2f}-{hi:.2f}) |")
+                      f" | {right_all / total_all:.2f} ({lo:.2f}-{hi:.2f}) | {digits_all / total_all:.1f} of 5 |")
 
 
 if __name__ == "__main__":

@@ -250,9 +250,9 @@ class PromptBuilder {
 
 // ------------------------------------------------------------------------------------------------- runs
 
-// The weights a policy reads when a prompt is compressed once: its kept set is the same as if every chunk
-// were attended (ctest PolicyInvariants.CompressesAWholePromptToExactlyItsBudget, and SnapKV and TOVA read
-// only the newest queries), and the attention it skips is the bulk of a long prompt's cost.
+// The weights a policy reads when a prompt is compressed once: SnapKV and TOVA read only the newest queries,
+// so their kept set is the same as if every chunk were attended (--check-watchers verifies it on the real
+// model: ctest example.passkey_compression_shortcut), and the attention skipped is most of a prompt's cost.
 enum class Reads { none, last_chunk, all };
 
 std::unique_ptr<SequenceCache> make_cache(const llama::Model& m, const std::string& name, int budget, int max_prompt) {

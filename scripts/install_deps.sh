@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake git libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev clang-format
-          clang libclang-rt-14-dev python3 python3-venv python3-pip ca-certificates)
+          clang libclang-rt-14-dev python3 python3-dev python3-venv python3-pip ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

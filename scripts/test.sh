@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what is missing, then builds and runs ctest three ways:
-# C++17 (Release, with benchmarks and examples), C++20, C++17 under AddressSanitizer + UBSan, and the libFuzzer
-# targets built with clang (their seeds and past findings replayed, then each fuzzed for 15 seconds).
+# The whole test suite, as CI runs it: installs what is missing, then builds and runs ctest four ways:
+# C++20, C++17 under AddressSanitizer + UBSan, the libFuzzer targets built with clang (their seeds and past
+# findings replayed, then each fuzzed for 15 seconds), and C++17 (Release, with benchmarks, examples and the
+# Python package, which pip installs into build/python-env first and pytest tests through ctest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
@@ -27,5 +28,11 @@ configure_and_test build/ci-sanitize "-LE slow" -DCMAKE_BUILD_TYPE=Debug -DKVEVI
   -DKVEVICT_BUILD_BENCHMARKS=OFF -DKVEVICT_BUILD_EXAMPLES=OFF
 configure_and_test build/ci-fuzz "-L fuzz" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DKVEVICT_FUZZ=ON -DKVEVICT_FUZZ_SECONDS=15 \
   -DKVEVICT_BUILD_TESTS=OFF -DKVEVICT_BUILD_BENCHMARKS=OFF -DKVEVICT_BUILD_EXAMPLES=OFF -DKVEVICT_INSTALL=OFF
+# The Python package as a user installs it (pip, scikit-build-core, nanobind from PyPI), into its own environment.
+python_env=build/python-env
+[ -x "$python_env/bin/python" ] || python3 -m venv "$python_env"
+echo "=== python: pip install .[test,examples]"
+CMAKE_BUILD_PARALLEL_LEVEL=$jobs "$python_env/bin/python" -m pip install --quiet ".[test,examples]"
 # Last, so that its summary closes the log: the main configuration, everything included.
-configure_and_test build/ci-cxx17 "" -DCMAKE_BUILD_TYPE=Release -DKVEVICT_CXX_STANDARD=17 -DKVEVICT_NATIVE=ON
+configure_and_test build/ci-cxx17 "" -DCMAKE_BUILD_TYPE=Release -DKVEVICT_CXX_STANDARD=17 -DKVEVICT_NATIVE=ON \
+  -DKVEVICT_PYTHON_TESTS="$PWD/$python_env/bin/python"

@@ -60,14 +60,22 @@ TEST(Engine, TokenizerMatchesLlamaCppOnAustenPassages) {
 // The engine computes as llama.cpp does on the CPU (weights in their quantised blocks, activations rounded to
 // 8-bit blocks with half-precision scales) but sums in another order, keeps K/V in float where llama.cpp keeps
 // half precision, and runs its own RoPE, norms and softmax: each logit carries a small error of arithmetic.
-// kLogitTolerance bounds it (measured on the eight prompts: largest 0.50, see the printout). A top-1 token can
-// then differ from llama.cpp's only where llama.cpp's lead over its runner-up is below twice that bound.
-constexpr double kLogitTolerance = 1.0;
+// Most of it comes from rounding the activations to 8 bits: where two builds' floats differ in the last bit, a
+// value can round to the other side in its block, and that step is up to 1/254 of the block's largest value.
+// So the error depends on how the build's float kernels sum, not only on the model. Measured on the eight
+// prompts of logits.txt, same CPU: largest 0.60, rms 0.19 with AVX2 code (-march=native -mno-avx512f); largest
+// 1.03, rms 0.31 with AVX-512 code (Eigen's 16-wide float kernels), while along the passages of the next test
+// both builds agree with llama.cpp as closely (top-1 94.7-96.5%, perplexity within 0.25%). kLogitTolerance is
+// 1.5 times the largest seen; the rms, which one unlucky logit does not move, must stay below kLogitRms (1.5
+// times the largest rms). A top-1 token can differ from llama.cpp's only where llama.cpp's lead over its
+// runner-up is below twice the tolerance.
+constexpr double kLogitTolerance = 1.5;
+constexpr double kLogitRms = 0.5;
 
 TEST(Engine, NextTokenLogitsMatchLlamaCpp) {
   std::istringstream lines(golden("logits.txt"));
-  double largest = 0.0;
-  int prompts = 0, same_top1 = 0;
+  double largest = 0.0, sum_squares = 0.0;
+  int prompts = 0, same_top1 = 0, compared = 0;
   for (std::string line; std::getline(lines, line);) {
     if (line.rfind("prompt ", 0) != 0) continue;
     const std::string prompt = unescape(line.substr(7));
@@ -84,7 +92,12 @@ TEST(Engine, NextTokenLogitsMatchLlamaCpp) {
     for (std::string pair; top_in >> pair;)
       top.emplace_back(std::stoi(pair.substr(0, pair.find(':'))), std::stod(pair.substr(pair.find(':') + 1)));
     ASSERT_GE(top.size(), 2u);
-    for (const auto& [id, expected] : top) largest = std::max(largest, std::abs(double(logits[id]) - expected));
+    for (const auto& [id, expected] : top) {
+      const double difference = double(logits[id]) - expected;
+      largest = std::max(largest, std::abs(difference));
+      sum_squares += difference * difference;
+      ++compared;
+    }
     Eigen::Index mine;
     logits.maxCoeff(&mine);
     same_top1 += int(mine) == top[0].first;
@@ -94,9 +107,13 @@ TEST(Engine, NextTokenLogitsMatchLlamaCpp) {
     ++prompts;
   }
   EXPECT_EQ(prompts, 8);
-  std::printf("largest logit difference over llama.cpp's top 20: %.4f; same top-1 on %d of %d prompts\n", largest,
-              same_top1, prompts);
+  const double rms = std::sqrt(sum_squares / std::max(compared, 1));
+  std::printf(
+      "logit difference over llama.cpp's top 20: largest %.4f, rms %.4f over %d; same top-1 on %d of %d "
+      "prompts\n",
+      largest, rms, compared, same_top1, prompts);
   EXPECT_LT(largest, kLogitTolerance);
+  EXPECT_LT(rms, kLogitRms);
 }
 
 // Along two passages (256 tokens of Emma, 512 of Persuasion): the same top-1 wherever llama.cpp leads by more

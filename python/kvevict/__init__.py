@@ -25,3 +25,16 @@ def with_recent(policy, recent):
     if isinstance(policy, Protected):  # noqa: F405
         return Protected(policy.policy, sinks=policy.sinks, recent=max(recent, policy.recent))  # noqa: F405
     return Protected(policy, recent=recent)  # noqa: F405
+
+
+def _policy_repr(self):
+    """H2O(normalized=False, recent=-1, reduce=GroupReduce.mean): the class and its settings."""
+    cls = type(self)
+    names = sorted(n for n in dir(cls) if not n.startswith("_") and isinstance(getattr(cls, n, None), property))
+    return f"{cls.__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+
+
+for _cls in (Dense, Window, SlidingWindowRecompute, StreamingLLM, H2O, AhaKV, L2Norm, SnapKV, TOVA,  # noqa: F405
+             Protected, Pyramid, AdaptiveHeads, CachePositions):  # noqa: F405
+    _cls.__repr__ = _policy_repr
+del _cls

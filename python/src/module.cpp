@@ -733,8 +733,8 @@ NB_MODULE(_kvevict, m) {
           "kept_values", [](const Cache& c, int layer, int kv_head) { return kept_rows(c, layer, kv_head, false); },
           "layer"_a, "kv_head"_a, "The held values in the order of positions(), as float32.")
       .def("__repr__", [](const Cache& c) {
-        return std::string("Cache(") + nb::repr(nb::cast(c.shape())).c_str() + ", policy=" + py_type_name(c.policy) +
-               ", kv_type='" + kv_type_name(c.impl->kv_type()) + "')";
+        return std::string("Cache(") + nb::repr(nb::cast(c.shape())).c_str() +
+               ", policy=" + nb::repr(c.policy).c_str() + ", kv_type='" + kv_type_name(c.impl->kv_type()) + "')";
       });
 
   nb::class_<PyEvictor>(m, "Evictor",

@@ -40,3 +40,9 @@ def test_quick_start(rng):
     kept, scores = cache.positions(0, 0), cache.scores(0, 0)
     assert out.shape == (1, 512) and len(kept) == 256 and len(scores) == 256
     assert list(kept[:4]) == [0, 1, 2, 3] and kept[-1] == 999
+
+
+def test_policies_print_their_settings():
+    assert repr(kv.H2O(recent=8)) == "H2O(normalized=False, recent=8, reduce=GroupReduce.mean)"
+    assert repr(kv.with_sinks(kv.TOVA(), 4)) == "Protected(policy=TOVA(recent=1), recent=0, sinks=4)"
+    assert "policy=StreamingLLM(sinks=4)" in repr(kv.Cache(kv.Shape(), kv.StreamingLLM(4), kv_type="bf16"))

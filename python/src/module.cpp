@@ -405,6 +405,11 @@ NB_MODULE(_kvevict, m) {
   m.attr("__version__") = std::to_string(KVEVICT_VERSION_MAJOR) + "." + std::to_string(KVEVICT_VERSION_MINOR) + "." +
                           std::to_string(KVEVICT_VERSION_PATCH);
 
+#ifdef KVEVICT_PYTHON_NATIVE
+  m.attr("_built_for_this_cpu") = true;  // -march=native: rounds as the native C++ builds do
+#else
+  m.attr("_built_for_this_cpu") = false;
+#endif
   nb::exception<InvalidArgument> invalid_argument(m, "InvalidArgument", PyExc_ValueError);
   invalid_argument.attr("__doc__") =
       "A rejected argument (a ValueError): the message names the parameter, what was expected and what was given, "

@@ -61,7 +61,7 @@ int trace(const Run& run, const Policy& policy, const char* out_path) {
       t += n;
     }
     if (run.compress) cache.evict(layer);
-    out.write(reinterpret_cast<const char*>(o.data()), std::streamsize(o.size() * sizeof(float)));
+    out.write(reinterpret_cast<const char*>(o.data()), std::streamsize(o.size()) * std::streamsize(sizeof(float)));
   }
   for (int layer = 0; layer < run.shape.n_layers; ++layer)
     for (int h = 0; h < run.shape.n_kv_heads; ++h) {
@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
     run.k.emplace_back(run.n_tokens, kw);
     run.v.emplace_back(run.n_tokens, kw);
     for (Matrix* m : {&run.q.back(), &run.k.back(), &run.v.back()})
-      in.read(reinterpret_cast<char*>(m->data()), std::streamsize(m->size() * sizeof(float)));
+      in.read(reinterpret_cast<char*>(m->data()), std::streamsize(m->size()) * std::streamsize(sizeof(float)));
   }
   if (!in) {
     std::fprintf(stderr, "kvevict_trace: %s is shorter than the shape says\n", argv[10]);

@@ -196,6 +196,35 @@ INSTANTIATE_TEST_SUITE_P(EveryType, QuantProduct,
                          [](const auto& param) { return std::string(gguf::type_name(unsigned(param.param))); });
 
 // The real file's Q4_1 and Q8_0 matrices, a few rows each, against their dequantised rows.
+#if KVEVICT_QUANT_VNNI
+// The VNNI instruction and AVX2's two steps give the same integers for every block the products see: weights
+// 0..15 (Q4) or |w| up to 128 (Q8_0 with the sign moved to the activation), activations -127..127; the
+// extremes included.
+TEST(Quant, VnniAndAvx2ProductsAreTheSameIntegers) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> weight(0, 128), activation(-127, 127);
+  for (int trial = 0; trial < 20000; ++trial) {
+    alignas(32) std::uint8_t w[32];
+    alignas(32) std::int8_t a[32];
+    for (int i = 0; i < 32; ++i) {
+      w[i] = std::uint8_t(trial == 0 ? 128 : trial == 1 ? 0 : weight(rng));
+      a[i] = std::int8_t(trial == 0 ? -127 : trial == 2 ? 127 : activation(rng));
+    }
+    const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i av = _mm256_load_si256(reinterpret_cast<const __m256i*>(a));
+    alignas(32) std::int32_t vnni[8], avx2[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(vnni), llama::quant::avx2::products_vnni(wv, av));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(avx2), llama::quant::avx2::products_avx2(wv, av));
+    for (int i = 0; i < 8; ++i) {
+      std::int32_t exact = 0;
+      for (int j = 0; j < 4; ++j) exact += int(w[4 * i + j]) * int(a[4 * i + j]);
+      ASSERT_EQ(vnni[i], exact) << "trial " << trial;
+      ASSERT_EQ(avx2[i], exact) << "trial " << trial;
+    }
+  }
+}
+#endif
+
 TEST(Quant, RealWeightsMatchTheirDequantisedRows) {
   const gguf::File file(assets::model());
   std::mt19937 rng(7);

@@ -19,9 +19,9 @@
 
 namespace kvevict::python {
 
-using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using In = Eigen::Ref<const RowMatrix>;
-using Out = Eigen::Ref<RowMatrix>;
+template <class Scalar>
+using RowMatrixOf = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMatrix = RowMatrixOf<float>;
 
 /// The library's policies as Python builds them; compositions wrap one of these.
 using BasePolicy = std::variant<Dense, Window, StreamingLLM, SlidingWindowRecompute, H2O, AhaKV, L2Norm, SnapKV, TOVA>;
@@ -43,7 +43,7 @@ struct Unsupported : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class KvType { f32, f16, bf16 };
+enum class KvType { f32, f16, bf16, f64 };
 
 template <class P>
 const char* name_of() {
@@ -126,31 +126,45 @@ inline std::vector<Held> held_of(const SlotTable& slots) {
   return held;
 }
 
-/// Every KVCache<Storage, Policy> of the package, computing in float.
-class AnyCache {
+/// Every KVCache<Storage, Policy> of the package: what does not depend on the compute type.
+class AnyCacheBase {
  public:
-  virtual ~AnyCache() = default;
+  virtual ~AnyCacheBase() = default;
   virtual const Shape& shape() const = 0;
   virtual const CacheOptions& options() const = 0;
   virtual KvType kv_type() const = 0;
   virtual int capacity(int layer) const = 0;
   virtual std::int64_t n_seen(int layer) const = 0;
   virtual int size(int layer, int kv_head) const = 0;
-  virtual void forward(int layer, const In& queries, const In& keys, const In& values, Out out) = 0;
-  virtual void append(int layer, const In& keys, const In& values) = 0;
-  virtual void attend(int layer, const In& queries, Out out) = 0;
   virtual void evict(int layer) = 0;
   virtual void clear() = 0;
   virtual std::vector<Held> held(int layer, int kv_head) const = 0;
   virtual bool has_scores() const = 0;
   /// The policy's score of each slot in `slots` (higher is kept longer). @pre has_scores()
   virtual std::vector<double> scores(int layer, int kv_head, const std::vector<Held>& slots) const = 0;
-  /// The stored key (or value) rows of `slots`, read as float, into `out` (slots.size() x head_dim).
-  virtual void rows(int layer, int kv_head, const std::vector<Held>& slots, bool keys, float* out) const = 0;
 };
 
+/// ... and what does: the caches whose compute type is `Scalar` (float; double for double storage).
+template <class Scalar>
+class AnyCacheOf : public AnyCacheBase {
+ public:
+  using In = Eigen::Ref<const RowMatrixOf<Scalar>>;
+  using Out = Eigen::Ref<RowMatrixOf<Scalar>>;
+  virtual void forward(int layer, const In& queries, const In& keys, const In& values, Out out) = 0;
+  virtual void append(int layer, const In& keys, const In& values) = 0;
+  virtual void attend(int layer, const In& queries, Out out) = 0;
+  /// The stored key (or value) rows of `slots`, read in the compute type, into `out` (slots.size() x head_dim).
+  virtual void rows(int layer, int kv_head, const std::vector<Held>& slots, bool keys, Scalar* out) const = 0;
+};
+using AnyCache = AnyCacheOf<float>;
+using AnyCache64 = AnyCacheOf<double>;
+
 template <class Storage, class Policy>
-class CacheOf final : public AnyCache {
+class CacheOf final : public AnyCacheOf<compute_type_t<Storage>> {
+  using Scalar = compute_type_t<Storage>;
+  using In = typename AnyCacheOf<Scalar>::In;
+  using Out = typename AnyCacheOf<Scalar>::Out;
+
  public:
   CacheOf(const Shape& shape, const Policy& policy, const CacheOptions& options) : cache_(shape, policy, options) {}
 
@@ -159,6 +173,7 @@ class CacheOf final : public AnyCache {
   KvType kv_type() const override {
     if constexpr (std::is_same_v<Storage, Eigen::half>) return KvType::f16;
     if constexpr (std::is_same_v<Storage, Eigen::bfloat16>) return KvType::bf16;
+    if constexpr (std::is_same_v<Storage, double>) return KvType::f64;
     return KvType::f32;
   }
   int capacity(int layer) const override { return cache_.capacity(layer); }
@@ -181,11 +196,11 @@ class CacheOf final : public AnyCache {
     }
     return out;
   }
-  void rows(int layer, int kv_head, const std::vector<Held>& slots, bool keys, float* out) const override {
+  void rows(int layer, int kv_head, const std::vector<Held>& slots, bool keys, Scalar* out) const override {
     const auto& stored = keys ? cache_.keys(layer, kv_head) : cache_.values(layer, kv_head);
     const auto d = stored.cols();
     for (std::size_t i = 0; i < slots.size(); ++i)
-      for (Eigen::Index j = 0; j < d; ++j) out[std::ptrdiff_t(i) * d + j] = float(stored(slots[i].slot, j));
+      for (Eigen::Index j = 0; j < d; ++j) out[std::ptrdiff_t(i) * d + j] = Scalar(stored(slots[i].slot, j));
   }
 
  private:
@@ -196,14 +211,18 @@ class CacheOf final : public AnyCache {
 std::unique_ptr<AnyCache> make_cache_f32(const Shape& shape, const PolicySpec& spec, const CacheOptions& options);
 std::unique_ptr<AnyCache> make_cache_f16(const Shape& shape, const PolicySpec& spec, const CacheOptions& options);
 std::unique_ptr<AnyCache> make_cache_bf16(const Shape& shape, const PolicySpec& spec, const CacheOptions& options);
+std::unique_ptr<AnyCache64> make_cache_f64(const Shape& shape, const PolicySpec& spec, const CacheOptions& options);
 
 template <class Storage>
-std::unique_ptr<AnyCache> make_cache_of(const Shape& shape, const PolicySpec& spec, const CacheOptions& options) {
-  return with_policy(spec, false, [&](const auto& policy) -> std::unique_ptr<AnyCache> {
+std::unique_ptr<AnyCacheOf<compute_type_t<Storage>>> make_cache_of(const Shape& shape, const PolicySpec& spec,
+                                                                   const CacheOptions& options) {
+  using Result = std::unique_ptr<AnyCacheOf<compute_type_t<Storage>>>;
+  return with_policy(spec, false, [&](const auto& policy) -> Result {
     return std::make_unique<CacheOf<Storage, std::decay_t<decltype(policy)>>>(shape, policy, options);
   });
 }
 
+/// The float-computing caches (f32, f16, bf16); f64 is make_cache_f64.
 inline std::unique_ptr<AnyCache> make_cache(const Shape& shape, const PolicySpec& spec, KvType type,
                                             const CacheOptions& options) {
   switch (type) {

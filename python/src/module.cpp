@@ -96,22 +96,28 @@ void view_rows(const InArray& a, const char* parameter, Rows<T>& rows) {
   new (&rows.map) typename Rows<T>::Map(rows.copy.data(), r, c, Eigen::OuterStride<>(std::max<std::ptrdiff_t>(c, 1)));
 }
 
-/// `out` as given (float32, contiguous rows, rows x cols), or a new array of that shape.
+/// `out` as given (T, contiguous rows, rows x cols), or a new array of that shape.
+template <class T>
 struct Output {
+  using Map = Eigen::Map<RowMatrixOf<T>, 0, Eigen::OuterStride<>>;
   nb::object array;
-  Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>> map{nullptr, 0, 0, Eigen::OuterStride<>(1)};
+  Map map{nullptr, 0, 0, Eigen::OuterStride<>(1)};
 };
 
-void make_output(nb::handle given, std::ptrdiff_t rows, std::ptrdiff_t cols, bool one_row, Output& o) {
+template <class T>
+void make_output(nb::handle given, std::ptrdiff_t rows, std::ptrdiff_t cols, bool one_row, Output<T>& o) {
+  using Map = typename Output<T>::Map;
   if (given.is_none()) {
-    auto a = one_row ? new_array<float>({std::size_t(cols)}) : new_array<float>({std::size_t(rows), std::size_t(cols)});
-    new (&o.map) Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>(a.data(), rows, cols, Eigen::OuterStride<>(cols));
+    auto a = one_row ? new_array<T>({std::size_t(cols)}) : new_array<T>({std::size_t(rows), std::size_t(cols)});
+    new (&o.map) Map(a.data(), rows, cols, Eigen::OuterStride<>(cols));
     o.array = a.cast();
     return;
   }
   OutArray out;
-  if (!nb::try_cast(given, out, false)) type_error("out", "a writable float32 array", py_type_name(given));
-  require_dtype<float>(out.dtype(), "out");
+  if (!nb::try_cast(given, out, false))
+    type_error("out", std::string("a writable ") + (sizeof(T) == 4 ? "float32" : "float64") + " array",
+               py_type_name(given));
+  require_dtype<T>(out.dtype(), "out");
   const bool two = out.ndim() == 2;
   const auto r = std::ptrdiff_t(two ? out.shape(0) : 1),
              c = std::ptrdiff_t(out.ndim() >= 1 ? out.shape(two ? 1 : 0) : 0);
@@ -121,8 +127,7 @@ void make_output(nb::handle given, std::ptrdiff_t rows, std::ptrdiff_t cols, boo
                 out.ndim() <= 2 ? std::to_string(r) + " x " + std::to_string(c) : std::to_string(out.ndim()) + "-D");
   const std::int64_t inner = out.stride(out.ndim() - 1), outer = two ? out.stride(0) : c;
   if (!(inner == 1 || c <= 1) || outer < c) value_error("out", "an array with contiguous rows", "other strides");
-  new (&o.map) Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>(static_cast<float*>(out.data()), r, c,
-                                                              Eigen::OuterStride<>(std::max<std::int64_t>(outer, 1)));
+  new (&o.map) Map(static_cast<T*>(out.data()), r, c, Eigen::OuterStride<>(std::max<std::int64_t>(outer, 1)));
   o.array = nb::borrow(given);
 }
 
@@ -211,52 +216,75 @@ KvType kv_type_of(const std::string& name) {
   if (name == "f32" || name == "float32") return KvType::f32;
   if (name == "f16" || name == "float16" || name == "half") return KvType::f16;
   if (name == "bf16" || name == "bfloat16") return KvType::bf16;
-  value_error("kv_type", "'f32', 'f16' or 'bf16'", "'" + name + "'");
+  if (name == "f64" || name == "float64" || name == "double") return KvType::f64;
+  value_error("kv_type", "'f32', 'f16', 'bf16' or 'f64'", "'" + name + "'");
 }
-const char* kv_type_name(KvType t) { return t == KvType::f16 ? "f16" : t == KvType::bf16 ? "bf16" : "f32"; }
+const char* kv_type_name(KvType t) {
+  return t == KvType::f16 ? "f16" : t == KvType::bf16 ? "bf16" : t == KvType::f64 ? "f64" : "f32";
+}
 
+/// A cache of either compute type: float32 arrays in and out, or float64 for f64 storage.
 struct Cache {
-  std::unique_ptr<AnyCache> impl;
+  std::unique_ptr<AnyCacheBase> impl;
+  AnyCache* f32 = nullptr;  // one of these two is impl
+  AnyCache64* f64 = nullptr;
   nb::object policy;
+
+  template <class F>
+  decltype(auto) typed(F&& f) {
+    return f32 ? f(*f32) : f(*f64);
+  }
 
   const Shape& shape() const { return impl->shape(); }
   void check_layer(int layer) const { (void)impl->n_seen(layer); }  // throws InvalidArgument naming the layer
   std::vector<Held> held(int layer, int kv_head) const { return impl->held(layer, kv_head); }
 };
 
-nb::object forward(Cache& c, int layer, const InArray& queries, const InArray& keys, const InArray& values,
-                   nb::handle out) {
-  Rows<float> q, k, v;
+template <class T>
+nb::object forward_in(AnyCacheOf<T>& c, int layer, const InArray& queries, const InArray& keys, const InArray& values,
+                      nb::handle out) {
+  Rows<T> q, k, v;
   view_rows(queries, "queries", q);
   view_rows(keys, "keys", k);
   view_rows(values, "values", v);
-  Output o;
+  Output<T> o;
   make_output(out, q.map.rows(), q.map.cols(), queries.ndim() == 1, o);
   {
     nb::gil_scoped_release release;
-    c.impl->forward(layer, q.map, k.map, v.map, o.map);
+    c.forward(layer, q.map, k.map, v.map, o.map);
   }
   return o.array;
+}
+
+nb::object forward(Cache& c, int layer, const InArray& queries, const InArray& keys, const InArray& values,
+                   nb::handle out) {
+  return c.typed([&](auto& typed) { return forward_in(typed, layer, queries, keys, values, out); });
 }
 
 void append(Cache& c, int layer, const InArray& keys, const InArray& values) {
-  Rows<float> k, v;
-  view_rows(keys, "keys", k);
-  view_rows(values, "values", v);
-  nb::gil_scoped_release release;
-  c.impl->append(layer, k.map, v.map);
+  c.typed([&](auto& typed) {
+    using T = typename std::decay_t<decltype(typed)>::In::Scalar;
+    Rows<T> k, v;
+    view_rows(keys, "keys", k);
+    view_rows(values, "values", v);
+    nb::gil_scoped_release release;
+    typed.append(layer, k.map, v.map);
+  });
 }
 
 nb::object attend(Cache& c, int layer, const InArray& queries, nb::handle out) {
-  Rows<float> q;
-  view_rows(queries, "queries", q);
-  Output o;
-  make_output(out, q.map.rows(), q.map.cols(), queries.ndim() == 1, o);
-  {
-    nb::gil_scoped_release release;
-    c.impl->attend(layer, q.map, o.map);
-  }
-  return o.array;
+  return c.typed([&](auto& typed) {
+    using T = typename std::decay_t<decltype(typed)>::In::Scalar;
+    Rows<T> q;
+    view_rows(queries, "queries", q);
+    Output<T> o;
+    make_output(out, q.map.rows(), q.map.cols(), queries.ndim() == 1, o);
+    {
+      nb::gil_scoped_release release;
+      typed.attend(layer, q.map, o.map);
+    }
+    return o.array;
+  });
 }
 
 template <class T, class Get>
@@ -266,11 +294,14 @@ NumpyArray<T> per_held(const std::vector<Held>& held, Get get) {
   return a;
 }
 
-NumpyArray<float> kept_rows(const Cache& c, int layer, int kv_head, bool keys) {
+nb::object kept_rows(Cache& c, int layer, int kv_head, bool keys) {
   const auto held = c.held(layer, kv_head);
-  auto a = new_array<float>({held.size(), std::size_t(c.shape().head_dim)});
-  c.impl->rows(layer, kv_head, held, keys, a.data());
-  return a;
+  return c.typed([&](auto& typed) {
+    using T = typename std::decay_t<decltype(typed)>::In::Scalar;
+    auto a = new_array<T>({held.size(), std::size_t(c.shape().head_dim)});
+    typed.rows(layer, kv_head, held, keys, a.data());
+    return nb::object(a.cast());
+  });
 }
 
 // -------------------------------------------------------------------------------------------------- evictor
@@ -631,10 +662,12 @@ NB_MODULE(_kvevict, m) {
           "x"_a, "positions"_a,
           "A copy of x (T x k*head_dim, float32 or float64) with every head of row t rotated by positions[t].");
 
-  nb::class_<Cache>(m, "Cache",
-                    "A KV cache that owns its K/V and evicts through a policy: kvevict::KVCache<Storage, Policy>.\n\n"
-                    "Arrays hold one token per row with heads side by side: keys/values T x (n_kv_heads * "
-                    "head_dim), queries/out T x (n_q_heads * head_dim), float32 (a 1-D array is one token).")
+  nb::class_<Cache>(
+      m, "Cache",
+      "A KV cache that owns its K/V and evicts through a policy: kvevict::KVCache<Storage, Policy>.\n\n"
+      "Arrays hold one token per row with heads side by side: keys/values T x (n_kv_heads * "
+      "head_dim), queries/out T x (n_q_heads * head_dim), float32 (float64 with kv_type='f64'); a 1-D array "
+      "is one token.")
       .def(
           "__init__",
           [](Cache* c, const Shape& shape, nb::handle policy, const std::string& kv_type, int max_chunk, int max_prompt,
@@ -648,14 +681,27 @@ NB_MODULE(_kvevict, m) {
             options.check_finite = check_finite;
             options.max_bytes = max_bytes;
             nb::object chosen = policy.is_none() ? nb::cast(Dense{}) : nb::borrow(policy);
-            auto impl = make_cache(shape, spec_of(chosen), kv_type_of(kv_type), options);
-            new (c) Cache{std::move(impl), chosen};
+            const KvType type = kv_type_of(kv_type);
+            std::unique_ptr<AnyCacheBase> impl;  // built first: a throw leaves nothing half made
+            AnyCache* f32 = nullptr;
+            AnyCache64* f64 = nullptr;
+            if (type == KvType::f64) {
+              auto made = make_cache_f64(shape, spec_of(chosen), options);
+              f64 = made.get();
+              impl = std::move(made);
+            } else {
+              auto made = make_cache(shape, spec_of(chosen), type, options);
+              f32 = made.get();
+              impl = std::move(made);
+            }
+            new (c) Cache{std::move(impl), f32, f64, chosen};
           },
           "shape"_a, "policy"_a = nb::none(), "kv_type"_a = "f32", "max_chunk"_a = 64, "max_prompt"_a = 0,
           "normalization"_a = Normalization::softmax, "scale"_a = 0.0, "sink_logits"_a = nb::none(),
           "rope"_a = nb::none(), "check_finite"_a = false, "max_bytes"_a = 64.0 * (1 << 30),
-          "policy: a kvevict policy (default Dense()); kv_type: 'f32', 'f16' or 'bf16' (K/V storage; compute is "
-          "float32); max_chunk: most tokens one append may add; max_prompt: prompt compression (append and attend "
+          "policy: a kvevict policy (default Dense()); kv_type: 'f32', 'f16' or 'bf16' (K/V storage; arrays in "
+          "and out are float32) or 'f64' (float64 arrays); max_chunk: most tokens one append may add; max_prompt: "
+          "prompt compression (append and attend "
           "a whole prompt in chunks, then evict once); scale <= 0: 1/sqrt(head_dim); rope: a Rope the cache applies "
           "to keys and queries at the positions the policy implies; check_finite: reject NaN/Inf inputs.")
       .def_prop_ro("shape", &Cache::shape)
@@ -672,17 +718,18 @@ NB_MODULE(_kvevict, m) {
           "size", [](const Cache& c, int layer, int kv_head) { return c.impl->size(layer, kv_head); }, "layer"_a,
           "kv_head"_a, "Tokens held by (layer, kv_head).")
       .def("forward", &forward,
-           nb::sig("def forward(self, layer: int, queries: NDArray[numpy.float32], keys: NDArray[numpy.float32], "
-                   "values: NDArray[numpy.float32], out: NDArray[numpy.float32] | None = None) "
-                   "-> NDArray[numpy.float32]"),
+           nb::sig("def forward(self, layer: int, queries: NDArray[numpy.floating], keys: NDArray[numpy.floating], "
+                   "values: NDArray[numpy.floating], out: NDArray[numpy.floating] | None = None) "
+                   "-> NDArray[numpy.floating]"),
            "layer"_a, "queries"_a, "keys"_a, "values"_a, "out"_a = nb::none(),
            "One model step for one layer: append the chunk's keys and values, attend its queries over everything "
            "held, evict back to the budget. Returns the attention output (`out` if given).")
       .def("append", &append, "layer"_a, "keys"_a, "values"_a,
            "Stores T tokens at positions n_seen(layer) ... n_seen(layer) + T - 1.")
       .def("attend", &attend,
-           nb::sig("def attend(self, layer: int, queries: NDArray[numpy.float32], out: NDArray[numpy.float32] | None = "
-                   "None) -> NDArray[numpy.float32]"),
+           nb::sig(
+               "def attend(self, layer: int, queries: NDArray[numpy.floating], out: NDArray[numpy.floating] | None = "
+               "None) -> NDArray[numpy.floating]"),
            "layer"_a, "queries"_a, "out"_a = nb::none(),
            "Attends the queries of the chunk appended last over everything held; shows the weights to the policy.")
       .def(
@@ -731,12 +778,12 @@ NB_MODULE(_kvevict, m) {
           "The policy's score of each token of positions(layer, kv_head) (the lowest leaves first), or None for "
           "policies that evict by age (Dense, Window, StreamingLLM, SlidingWindowRecompute).")
       .def(
-          "kept_keys", [](const Cache& c, int layer, int kv_head) { return kept_rows(c, layer, kv_head, true); },
-          "layer"_a, "kv_head"_a,
+          "kept_keys", [](Cache& c, int layer, int kv_head) { return kept_rows(c, layer, kv_head, true); }, "layer"_a,
+          "kv_head"_a,
           "The held keys in the order of positions(), as float32 (converted from 16-bit storage), rotated as stored.")
       .def(
-          "kept_values", [](const Cache& c, int layer, int kv_head) { return kept_rows(c, layer, kv_head, false); },
-          "layer"_a, "kv_head"_a, "The held values in the order of positions(), as float32.")
+          "kept_values", [](Cache& c, int layer, int kv_head) { return kept_rows(c, layer, kv_head, false); },
+          "layer"_a, "kv_head"_a, "The held values in the order of positions(), in the compute type.")
       .def("__repr__", [](const Cache& c) {
         return std::string("Cache(") + nb::repr(nb::cast(c.shape())).c_str() +
                ", policy=" + nb::repr(c.policy).c_str() + ", kv_type='" + kv_type_name(c.impl->kv_type()) + "')";

@@ -15,9 +15,11 @@ CHUNK = 8  # trace.cpp: a prefill chunk of 8, then one token per step (stream), 
 def run_python(policy, kv_type, mode, q, k, v, budget=BUDGET):
     cache = kv.Cache(kv.Shape(LAYERS, N_Q, N_KV, D, budget), policy, kv_type=kv_type, max_chunk=CHUNK,
                      max_prompt=TOKENS if mode == "compress" else 0)
+    dtype = np.float64 if kv_type == "f64" else np.float32  # f64 computes in double: float64 in and out
+    q, k, v = ([m.astype(dtype) for m in x] for x in (q, k, v))
     outputs = []
     for layer in range(LAYERS):
-        out = np.empty((TOKENS, N_Q * D), np.float32)
+        out = np.empty((TOKENS, N_Q * D), dtype)
         t = 0
         while t < TOKENS:
             n = min(CHUNK, TOKENS - t) if (mode == "compress" or t == 0) else 1
@@ -52,10 +54,11 @@ def run_cpp(tool, tmp_path, name, kv_type, mode, q, k, v, budget=BUDGET):
     raw = result.read_bytes()
     offset = 0
     outputs = []
+    dtype = np.dtype(np.float64 if kv_type == "f64" else np.float32)
     for _ in range(LAYERS):
         n = TOKENS * N_Q * D
-        outputs.append(np.frombuffer(raw, np.float32, n, offset).reshape(TOKENS, N_Q * D))
-        offset += 4 * n
+        outputs.append(np.frombuffer(raw, dtype, n, offset).reshape(TOKENS, N_Q * D))
+        offset += dtype.itemsize * n
     kept = []
     for _ in range(LAYERS * N_KV):
         count = int(np.frombuffer(raw, np.int64, 1, offset)[0])
@@ -69,7 +72,7 @@ def run_cpp(tool, tmp_path, name, kv_type, mode, q, k, v, budget=BUDGET):
     return outputs, kept
 
 
-@pytest.mark.parametrize("kv_type", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "bf16", "f64"])
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_streaming_matches_cpp(trace_tool, tmp_path, rng, name, kv_type):
     q = [rng.standard_normal((TOKENS, N_Q * D), np.float32) for _ in range(LAYERS)]

@@ -175,8 +175,20 @@ def test_policies_that_are_not_offered_are_type_errors(make, match):
 
 
 def test_kv_type_is_checked():
-    with pytest.raises(ValueError, match=r"kvevict: kv_type: expected 'f32', 'f16' or 'bf16', got 'f8'"):
+    with pytest.raises(ValueError, match=r"kvevict: kv_type: expected 'f32', 'f16', 'bf16' or 'f64', got 'f8'"):
         kv.Cache(kv.Shape(), kv_type="f8")
+
+
+def test_f64_takes_and_gives_float64(rng):
+    cache = kv.Cache(SHAPE, kv.H2O(), kv_type="f64")
+    q, k, v = (x.astype(np.float64) for x in arrays(rng))
+    out = cache.forward(0, q, k, v)
+    assert out.dtype == np.float64 and cache.kept_keys(0, 0).dtype == np.float64
+    with pytest.raises(TypeError, match=re.escape("kvevict: keys: expected a float64 array, got float32")):
+        cache.forward(0, q, k.astype(np.float32), v)
+    with pytest.raises(TypeError, match="out"):
+        cache.forward(0, q, k, v, out=np.zeros((1, 32), np.float32))
+    assert cache.n_seen(0) == 1
 
 
 def test_evictor_preconditions(rng):

@@ -7,8 +7,9 @@
 //   MODE: stream (a chunk of 8, then one token per step, forward()) or compress (max_prompt = N_TOKENS,
 //   append + attend in chunks of 8, one evict() at the end).
 //   IN: float32, per layer: queries N_TOKENS x (n_q * d), keys and values N_TOKENS x (n_kv * d).
-//   OUT: float32 outputs per layer (N_TOKENS x n_q * d), then per (layer, kv head): int64 count, int64
-//   positions (ascending), float64 scores (NaN for policies without one).
+//   OUT: outputs per layer (N_TOKENS x n_q * d; float32, or float64 for KV_TYPE f64, which computes in double
+//   on the same inputs), then per (layer, kv head): int64 count, int64 positions (ascending), float64 scores
+//   (NaN for policies without one).
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
@@ -41,16 +42,18 @@ int trace(const Run& run, const Policy& policy, const char* out_path) {
   kvevict::CacheOptions options;
   options.max_chunk = kChunk;
   if (run.compress) options.max_prompt = run.n_tokens;
-  kvevict::KVCache<Storage, Policy> cache(run.shape, policy, options);
+  using Cache = kvevict::KVCache<Storage, Policy>;
+  using Compute = typename Cache::Matrix;
+  Cache cache(run.shape, policy, options);
   std::ofstream out(out_path, std::ios::binary);
   for (int layer = 0; layer < run.shape.n_layers; ++layer) {
-    Matrix o(run.n_tokens, run.q[std::size_t(layer)].cols());
-    const auto& q = run.q[std::size_t(layer)];
-    const auto& k = run.k[std::size_t(layer)];
-    const auto& v = run.v[std::size_t(layer)];
+    Compute o(run.n_tokens, run.q[std::size_t(layer)].cols());
+    const Compute q = run.q[std::size_t(layer)].cast<typename Cache::Scalar>();
+    const Compute k = run.k[std::size_t(layer)].cast<typename Cache::Scalar>();
+    const Compute v = run.v[std::size_t(layer)].cast<typename Cache::Scalar>();
     for (int t = 0; t < run.n_tokens;) {
       const int n = run.compress ? std::min(kChunk, run.n_tokens - t) : (t == 0 ? std::min(kChunk, run.n_tokens) : 1);
-      Matrix chunk_out(n, q.cols());
+      Compute chunk_out(n, q.cols());
       if (run.compress) {
         cache.append(layer, k.middleRows(t, n), v.middleRows(t, n));
         cache.attend(layer, q.middleRows(t, n), chunk_out);
@@ -61,7 +64,8 @@ int trace(const Run& run, const Policy& policy, const char* out_path) {
       t += n;
     }
     if (run.compress) cache.evict(layer);
-    out.write(reinterpret_cast<const char*>(o.data()), std::streamsize(o.size()) * std::streamsize(sizeof(float)));
+    out.write(reinterpret_cast<const char*>(o.data()),
+              std::streamsize(o.size()) * std::streamsize(sizeof(typename Cache::Scalar)));
   }
   for (int layer = 0; layer < run.shape.n_layers; ++layer)
     for (int h = 0; h < run.shape.n_kv_heads; ++h) {
@@ -139,5 +143,6 @@ int main(int argc, char** argv) {
   const std::string type = argv[2];
   if (type == "f16") return by_policy<Eigen::half>(argv[1], run, argv[11]);
   if (type == "bf16") return by_policy<Eigen::bfloat16>(argv[1], run, argv[11]);
+  if (type == "f64") return by_policy<double>(argv[1], run, argv[11]);
   return by_policy<float>(argv[1], run, argv[11]);
 }

@@ -6,6 +6,7 @@
 #define KVEVICT_PYTHON_ERASED_HPP
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -109,6 +110,13 @@ auto with_policy(const PolicySpec& spec, bool for_evictor, Make&& make) {
       c.base);
 }
 
+/// `policy`'s score of `slot`; NaN for a policy that evicts by age (it has none).
+template <class Policy>
+double score_of(const Policy& policy, int slot) {
+  if constexpr (kScores<Policy>) return policy.score(slot);
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
 /// A token held by a head: its slot, its position in the stream, and where its key is rotated.
 struct Held {
   int slot;
@@ -140,8 +148,8 @@ class AnyCacheBase {
   virtual void clear() = 0;
   virtual std::vector<Held> held(int layer, int kv_head) const = 0;
   virtual bool has_scores() const = 0;
-  /// The policy's score of each slot in `slots` (higher is kept longer). @pre has_scores()
-  virtual std::vector<double> scores(int layer, int kv_head, const std::vector<Held>& slots) const = 0;
+  /// The policy's score of `slot` (higher is kept longer). @pre has_scores()
+  virtual double score(int layer, int kv_head, int slot) const = 0;
 };
 
 /// ... and what does: the caches whose compute type is `Scalar` (float; double for double storage).
@@ -188,13 +196,8 @@ class CacheOf final : public AnyCacheOf<compute_type_t<Storage>> {
   void clear() override { cache_.clear(); }
   std::vector<Held> held(int layer, int kv_head) const override { return held_of(cache_.head(layer, kv_head).slots()); }
   bool has_scores() const override { return kScores<Policy>; }
-  std::vector<double> scores(int layer, int kv_head, const std::vector<Held>& slots) const override {
-    std::vector<double> out;
-    if constexpr (kScores<Policy>) {
-      const auto& policy = cache_.head(layer, kv_head).policy();
-      for (const Held& h : slots) out.push_back(policy.score(h.slot));
-    }
-    return out;
+  double score(int layer, int kv_head, int slot) const override {
+    return score_of(cache_.head(layer, kv_head).policy(), slot);
   }
   void rows(int layer, int kv_head, const std::vector<Held>& slots, bool keys, Scalar* out) const override {
     const auto& stored = keys ? cache_.keys(layer, kv_head) : cache_.values(layer, kv_head);
@@ -254,7 +257,8 @@ class AnyEvictor {
   virtual void clear() = 0;
   virtual SlotView view() const = 0;
   virtual bool has_scores() const = 0;
-  virtual std::vector<double> scores(const std::vector<Held>& slots) const = 0;
+  /// The policy's score of `slot`. @pre has_scores()
+  virtual double score(int slot) const = 0;
 };
 
 template <class Policy>
@@ -280,12 +284,7 @@ class EvictorOf final : public AnyEvictor {
   void clear() override { evictor_.clear(); }
   SlotView view() const override { return evictor_.view(); }
   bool has_scores() const override { return kScores<Policy>; }
-  std::vector<double> scores(const std::vector<Held>& slots) const override {
-    std::vector<double> out;
-    if constexpr (kScores<Policy>)
-      for (const Held& h : slots) out.push_back(evictor_.policy().score(h.slot));
-    return out;
-  }
+  double score(int slot) const override { return score_of(evictor_.policy(), slot); }
 
  private:
   Evictor<Policy> evictor_;

@@ -770,9 +770,8 @@ NB_MODULE(_kvevict, m) {
               c.check_layer(layer);
               return std::nullopt;
             }
-            const auto held = c.held(layer, kv_head);
-            const auto scores = c.impl->scores(layer, kv_head, held);
-            return per_held<double>(held, [&](const Held&, std::size_t i) { return scores[i]; });
+            return per_held<double>(c.held(layer, kv_head),
+                                    [&](const Held& h, std::size_t) { return c.impl->score(layer, kv_head, h.slot); });
           },
           "layer"_a, "kv_head"_a,
           "The policy's score of each token of positions(layer, kv_head) (the lowest leaves first), or None for "
@@ -871,12 +870,9 @@ NB_MODULE(_kvevict, m) {
           [](const PyEvictor& e) -> std::optional<NumpyArray<double>> {
             if (!e.impl->has_scores()) return std::nullopt;
             const SlotTable& slots = e.impl->slots();
-            std::vector<Held> all;
-            for (int s = 0; s < slots.capacity(); ++s) all.push_back({s, slots.position(s), slots.rotated_at(s)});
-            const auto scores = e.impl->scores(all);
-            auto a = new_array<double>({all.size()});
-            for (std::size_t i = 0; i < all.size(); ++i)
-              a.data()[i] = slots.occupied(int(i)) ? scores[i] : std::numeric_limits<double>::quiet_NaN();
+            auto a = new_array<double>({std::size_t(slots.capacity())});
+            for (int s = 0; s < slots.capacity(); ++s)
+              a.data()[s] = slots.occupied(s) ? e.impl->score(s) : std::numeric_limits<double>::quiet_NaN();
             return a;
           },
           "Per slot, the policy's score (NaN where free), or None for policies that evict by age.");

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// KV head merging: exact when the heads are exactly mergeable, commuting with RoPE, better than mean pooling.
+// KV head merging: exact when the heads are exactly mergeable, commuting with RoPE, better than mean pooling;
+// the error it reports and the output repair that follows it.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -100,6 +101,29 @@ TEST_P(HeadMergeTest, SvdBeatsMeanPoolingOnNoisyHeads) {
   EXPECT_LT(svd, 0.5 * mean) << "svd " << svd << ", mean " << mean;
 }
 
+// What head_merge_error reports is what the merged head loses: nothing for mergeable heads or a merge into as many
+// heads as before, something for noisy heads, more for mean pooling than for the SVD merge it is compared with.
+TEST_P(HeadMergeTest, MergeErrorIsWhatTheMergedHeadCannotReconstruct) {
+  const MergeableHeads exact(GetParam()), noisy(GetParam(), 0.3);
+  const auto merge_error = [&](const MergeableHeads& x, int n_merged, kvevict::HeadMergeMethod method) {
+    return kvevict::head_merge_error(x.k, x.v,
+                                     kvevict::fit_head_merge(x.k, x.v, kKv, n_merged, kD, GetParam(), method));
+  };
+  const auto svd = kvevict::HeadMergeMethod::svd, mean = kvevict::HeadMergeMethod::mean;
+  for (const auto& e : {merge_error(exact, 1, svd), merge_error(noisy, kKv, svd), merge_error(noisy, kKv, mean)}) {
+    EXPECT_LT(e.keys, 1e-12);
+    EXPECT_LT(e.values, 1e-12);
+  }
+  // The noise is in the keys; the values stay images of one head_dim-wide base, which the SVD keeps whole.
+  const auto noisy_svd = merge_error(noisy, 1, svd), noisy_mean = merge_error(noisy, 1, mean);
+  EXPECT_GT(noisy_svd.keys, 1e-4);
+  EXPECT_LT(noisy_svd.values, 1e-12);
+  EXPECT_LT(noisy_svd.keys, noisy_mean.keys);
+  EXPECT_GT(noisy_mean.values, 0.1);
+  EXPECT_LE(noisy_mean.keys, 1.0);
+  EXPECT_LE(noisy_mean.values, 1.0);
+}
+
 INSTANTIATE_TEST_SUITE_P(BothLayouts, HeadMergeTest,
                          ::testing::Values(kvevict::RopeLayout::adjacent, kvevict::RopeLayout::half_split));
 
@@ -143,5 +167,57 @@ TEST(HeadMerge, HostileInputIsRefusedBeforeAnyWork) {
   // The mean merge reads no calibration data, so it takes none.
   const auto mean = kvevict::fit_head_merge(none, none, 3, 1, kD, adjacent, kvevict::HeadMergeMethod::mean);
   EXPECT_TRUE(mean.value_in[0].allFinite());
+}
+
+// The output repair: least squares shrunk towards the merged projection W_0, which is one of its candidates, so
+// the calibration error it minimises never grows, whatever the ridge, also when the outputs are rank-deficient
+// (more inputs than tokens, or repeated columns); with no ridge and an exact linear target it finds the target's
+// projection.
+TEST(OutputRepair, NeverIncreasesTheCalibrationErrorItMinimises) {
+  std::mt19937 rng(11);
+  std::normal_distribution<double> g(0.0, 1.0);
+  const auto random = [&](Eigen::Index r, Eigen::Index c) {
+    return Eigen::MatrixXd(Eigen::MatrixXd::NullaryExpr(r, c, [&] { return g(rng); }));
+  };
+  for (const Eigen::Index tokens : {Eigen::Index(12), Eigen::Index(200)}) {
+    Eigen::MatrixXd a = random(tokens, 24);
+    a.col(3) = a.col(7);  // rank-deficient
+    const Eigen::MatrixXd truth = random(16, 24), w0 = truth + 0.5 * random(16, 24);
+    const Eigen::MatrixXd target = a * truth.transpose() + 0.1 * random(tokens, 16);
+    const double before = (a * w0.transpose() - target).squaredNorm();
+    double previous = 0;
+    for (const double ridge : {100.0, 1.0, 1e-2, 1e-4, 0.0}) {
+      const Eigen::MatrixXd w = kvevict::repair_output_projection(a, target, w0, ridge);
+      const double after = (a * w.transpose() - target).squaredNorm();
+      EXPECT_LE(after, before * (1 + 1e-12)) << "tokens " << tokens << ", ridge " << ridge;
+      if (ridge < 100.0) {
+        EXPECT_LE(after, previous * (1 + 1e-9)) << "less shrinkage fits no worse";
+      }
+      previous = after;
+    }
+    EXPECT_LT(previous, 0.5 * before);
+  }
+  const Eigen::MatrixXd a = random(100, 10), truth = random(6, 10);
+  const Eigen::MatrixXd w =
+      kvevict::repair_output_projection(a, a * truth.transpose(), Eigen::MatrixXd::Zero(6, 10), 0);
+  EXPECT_LT((w - truth).cwiseAbs().maxCoeff(), 1e-9);
+}
+
+TEST(OutputRepair, HostileInputIsNamed) {
+  const Eigen::MatrixXd a = Eigen::MatrixXd::Random(8, 4), t = Eigen::MatrixXd::Random(8, 3),
+                        w = Eigen::MatrixXd::Random(3, 4);
+  expect_refused([&] { kvevict::repair_output_projection(a.topRows(0), t.topRows(0), w); },
+                 "attention.rows(): expected at least one calibration token");
+  expect_refused([&] { kvevict::repair_output_projection(a, t.topRows(7), w); }, "target.rows(): expected");
+  expect_refused([&] { kvevict::repair_output_projection(a, t, w.transpose()); }, "projection: expected 3x4");
+  expect_refused([&] { kvevict::repair_output_projection(a, t, w, -1.0); }, "ridge: expected finite and >= 0");
+  Eigen::MatrixXd nan = a;
+  nan(1, 1) = std::numeric_limits<double>::quiet_NaN();
+  expect_refused([&] { kvevict::repair_output_projection(nan, t, w); }, "attention: expected finite");
+  const Matrix k = Matrix::Random(4, 3 * kD);
+  auto merge = kvevict::fit_head_merge(k, k, 3, 1, kD, kvevict::RopeLayout::adjacent);
+  expect_refused([&] { kvevict::head_merge_error(k.leftCols(kD), k, merge); }, "keys.cols()");
+  merge.key_in.pop_back();
+  expect_refused([&] { kvevict::head_merge_error(k, k, merge); }, "merge: expected a merge made by fit_head_merge");
 }
 }  // namespace

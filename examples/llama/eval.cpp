@@ -38,16 +38,18 @@
 #include <utility>
 #include <vector>
 
+#include "cli.hpp"
 #include "model.hpp"
 #include "probe.hpp"
+#include "stats.hpp"
 #include "tokenizer.hpp"
 
 namespace {
 
-constexpr int kBlock = 128;       // tokens per bootstrap block
-constexpr int kMinBlocks = 4;     // fewer blocks give no interval
-constexpr int kResamples = 1000;  // bootstrap resamples
-constexpr unsigned kSeed = 2026;  // every interval is reproducible
+using llama::block_bootstrap;
+using llama::Estimate;
+using llama::kBlock;
+using llama::kMinBlocks;
 constexpr int kTimeAloneSteps = 128;
 
 // ---------------------------------------------------------------------------------------------- options
@@ -107,28 +109,9 @@ const char* const kUsage =
   std::exit(2);
 }
 
-/// The whole of `v` as an integer, or std::invalid_argument: "12abc" is not 12.
-long strict_long(const std::string& v) {
-  std::size_t used = 0;
-  const long n = std::stol(v, &used);
-  if (used != v.size()) throw std::invalid_argument("trailing characters");
-  return n;
-}
-
-int strict_int(const std::string& v) {
-  const long n = strict_long(v);
-  if (n < std::numeric_limits<int>::min() || n > std::numeric_limits<int>::max())
-    throw std::out_of_range("beyond an int");
-  return int(n);
-}
-
-std::vector<std::string> split(const std::string& s, char separator = ',') {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, separator);)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
+using cli::split;
+long strict_long(const std::string& v) { return cli::number<long>(v); }
+int strict_int(const std::string& v) { return cli::number<int>(v); }
 
 // "a,b;c,d" -> (a, b), (c, d)
 void add_pairs(const std::string& v, std::vector<std::pair<std::string, std::string>>& out) {
@@ -537,59 +520,6 @@ double streaming_alone(const llama::Model& model, const std::vector<int>& ids, i
 
 // -------------------------------------------------------------------------------------------- statistics
 
-// Mean NLL of the finite entries of x[first, end) (where `mask`, if given, is finite too), with a 95% block
-// bootstrap interval: blocks of kBlock consecutive tokens from `first`, empty blocks left out, resampled with
-// replacement. With fewer than kMinBlocks blocks there is no interval (lo and hi NaN).
-struct Estimate {
-  long tokens = 0;
-  double mean = NAN, lo = NAN, hi = NAN;
-  double ppl() const { return std::exp(mean); }
-  double ppl_lo() const { return std::exp(lo); }
-  double ppl_hi() const { return std::exp(hi); }
-};
-
-Estimate block_bootstrap(const std::vector<double>& x, std::size_t first, std::size_t end,
-                         const std::vector<double>* mask = nullptr) {
-  std::vector<double> sum;
-  std::vector<long> count;
-  Estimate e;
-  double total = 0;
-  for (std::size_t b = first; b < end; b += kBlock) {
-    double s = 0;
-    long n = 0;
-    for (std::size_t i = b; i < std::min(end, b + kBlock); ++i)
-      if (std::isfinite(x[i]) && (!mask || std::isfinite((*mask)[i]))) {
-        s += x[i];
-        ++n;
-      }
-    if (n == 0) continue;
-    sum.push_back(s);
-    count.push_back(n);
-    total += s;
-    e.tokens += n;
-  }
-  if (e.tokens == 0) return e;
-  e.mean = total / double(e.tokens);
-  if (sum.size() < std::size_t(kMinBlocks)) return e;
-  std::mt19937_64 rng(kSeed);
-  std::uniform_int_distribution<std::size_t> pick(0, sum.size() - 1);
-  std::vector<double> means(kResamples);
-  for (double& m : means) {
-    double s = 0;
-    long n = 0;
-    for (std::size_t k = 0; k < sum.size(); ++k) {
-      const std::size_t j = pick(rng);
-      s += sum[j];
-      n += count[j];
-    }
-    m = s / double(n);
-  }
-  std::sort(means.begin(), means.end());
-  e.lo = means[std::size_t(0.025 * kResamples)];
-  e.hi = means[std::size_t(0.975 * kResamples) - 1];
-  return e;
-}
-
 struct Bucket {
   std::size_t first, end;  // text tokens [first, end)
 };
@@ -666,9 +596,7 @@ void print_comparisons(const Options& opt, const Runs& runs) {
               "95% interval", "verdict");
   for (const auto& [a, b] : opt.compare) {
     const Run *ra = runs.find(a), *rb = runs.find(b);
-    std::vector<double> diff(std::size_t(opt.tokens));
-    for (std::size_t i = 0; i < diff.size(); ++i) diff[i] = ra->nll[i] - rb->nll[i];  // NaN unless both scored
-    const Estimate e = block_bootstrap(diff, 1, diff.size());
+    const Estimate e = llama::paired_difference(ra->nll, rb->nll, 1, std::size_t(opt.tokens));
     const std::string pair = a + " vs " + b;
     if (e.tokens == 0) {
       std::printf("%-36s %8d  no token scored by both\n", pair.c_str(), 0);

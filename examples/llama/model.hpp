@@ -6,6 +6,7 @@
 #define KVEVICT_EXAMPLES_LLAMA_MODEL_HPP
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <initializer_list>
@@ -62,7 +63,7 @@ class Weight {
     if (quantised()) {
       quantised_.multiply_rows(xq, first, last, out.data(), out.rows());
     } else {
-      out.middleRows(first, last - first).noalias() = (dense_.middleRows(first, last - first).lazyProduct(x)).eval();
+      out.middleRows(first, last - first).noalias() = dense_.middleRows(first, last - first) * x;
     }
   }
 
@@ -74,6 +75,12 @@ class Weight {
 struct Config {
   int n_layers, n_embd, n_heads, n_kv_heads, head_dim, n_ff, vocab;
   double rms_eps, rope_theta;
+};
+
+/// What a forward pass saw in every layer, one row per token (see Model::forward): the attention's normalised
+/// inputs, keys (before RoPE), values and outputs (before W_o).
+struct Taps {
+  std::vector<Matrix> inputs, keys, values, attention;
 };
 
 /// One sequence's cache, whatever its policy: the engine needs one virtual call per layer and sequence,
@@ -124,6 +131,47 @@ class CacheOf final : public SequenceCache {
   }
   int max_chunk() const override { return cache.options().max_chunk; }
   kvevict::KVCache<Storage, Policy> cache;
+};
+
+/// The cache of a model whose layers keep different numbers of kv heads (some merged, see
+/// Model::merge_layer_kv_heads): one cache per head count, each layer sent to its own under its rank there.
+/// A policy that depends on the layer index (Pyramid's schedule) sees that rank, not the model's layer.
+class LayeredCache final : public SequenceCache {
+ public:
+  /// `route[layer]` = (part, layer within the part).
+  LayeredCache(std::vector<std::unique_ptr<SequenceCache>> parts, std::vector<std::pair<int, int>> route)
+      : parts_(std::move(parts)), route_(std::move(route)) {}
+  void forward(int layer, const Eigen::Ref<const Matrix>& q, const Eigen::Ref<const Matrix>& k,
+               const Eigen::Ref<const Matrix>& v, Eigen::Ref<Matrix> out) override {
+    part(layer).forward(local(layer), q, k, v, out);
+  }
+  void append(int layer, const Eigen::Ref<const Matrix>& k, const Eigen::Ref<const Matrix>& v) override {
+    part(layer).append(local(layer), k, v);
+  }
+  void attend(int layer, const Eigen::Ref<const Matrix>& q, Eigen::Ref<Matrix> out) override {
+    part(layer).attend(local(layer), q, out);
+  }
+  void evict(int layer) override { part(layer).evict(local(layer)); }
+  std::unique_ptr<SequenceCache> clone() const override {
+    std::vector<std::unique_ptr<SequenceCache>> copies;
+    for (const auto& p : parts_) copies.push_back(p->clone());
+    return std::make_unique<LayeredCache>(std::move(copies), route_);
+  }
+  void clear() override {
+    for (auto& p : parts_) p->clear();
+  }
+  int size(int layer, int kv_head) const override { return part(layer).size(local(layer), kv_head); }
+  std::vector<std::int64_t> positions(int layer, int kv_head) const override {
+    return part(layer).positions(local(layer), kv_head);
+  }
+  int max_chunk() const override { return parts_.front()->max_chunk(); }
+
+ private:
+  SequenceCache& part(int layer) const { return *parts_[std::size_t(route_.at(std::size_t(layer)).first)]; }
+  int local(int layer) const { return route_[std::size_t(layer)].second; }
+
+  std::vector<std::unique_ptr<SequenceCache>> parts_;
+  std::vector<std::pair<int, int>> route_;
 };
 
 /// How the engine's caches store K and V.
@@ -182,6 +230,7 @@ class Model {
       layer.attn_norm = load(file, p + "attn_norm.weight", 1, c_.n_embd);
       layer.ffn_norm = load(file, p + "ffn_norm.weight", 1, c_.n_embd);
       layer.wq = weight(file, p + "attn_q.weight", c_.n_embd, c_.n_embd);
+      layer.n_kv_heads = c_.n_kv_heads;
       layer.wk = weight(file, p + "attn_k.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
       layer.wv = weight(file, p + "attn_v.weight", c_.n_kv_heads * c_.head_dim, c_.n_embd);
       layer.wo = weight(file, p + "attn_output.weight", c_.n_embd, c_.n_embd);
@@ -200,6 +249,13 @@ class Model {
     embed_ = Weight(embed_.dense());
     for (Layer& w : layers_)
       for (Weight* m : {&w.wq, &w.wk, &w.wv, &w.wo, &w.gate, &w.up, &w.down}) *m = Weight(m->dense());
+  }
+
+  /// Turns the attention's weights (W_q, W_k, W_v, W_o) into floats, as a merge does for the layers it
+  /// rewrites: a model merged in some layers then differs from the original in those layers only.
+  void dequantize_attention() {
+    for (Layer& w : layers_)
+      for (Weight* m : {&w.wq, &w.wk, &w.wv, &w.wo}) *m = Weight(m->dense());
   }
 
   /// Threads for the matrix products and for attending several sequences at once (the caller's included).
@@ -226,11 +282,39 @@ class Model {
   void set_kv_type(KvType type) { kv_type_ = type; }
   KvType kv_type() const { return kv_type_; }
 
+  /// Kv heads of one layer (fewer than the file's where merged).
+  int kv_heads(int layer) const { return layers_.at(std::size_t(layer)).n_kv_heads; }
+  /// Bytes of K and V one token takes across all layers, at `budget` tokens per (layer, kv head).
+  std::int64_t kv_bytes_per_token() const {
+    std::int64_t heads = 0;
+    for (const Layer& w : layers_) heads += w.n_kv_heads;
+    return heads * 2 * c_.head_dim * (kv_type_ == KvType::f32 ? 4 : 2);
+  }
+
+  /// A cache for one sequence: `budget` tokens per (layer, kv head). Layers that keep different numbers of kv
+  /// heads get one cache per count behind a LayeredCache.
   template <class Policy>
   std::unique_ptr<SequenceCache> make_cache(int budget, const Policy& policy = Policy{}, int max_chunk = 64,
                                             int max_prompt = 0) const {
-    const kvevict::Shape s = shape(budget);
     const kvevict::CacheOptions o = cache_options(max_chunk, max_prompt);
+    std::vector<int> counts;  // distinct kv head counts, in layer order
+    for (const Layer& w : layers_)
+      if (std::find(counts.begin(), counts.end(), w.n_kv_heads) == counts.end()) counts.push_back(w.n_kv_heads);
+    if (counts.size() == 1) return make_part(shape(budget).with_kv_heads(counts[0]), policy, o);
+    std::vector<std::unique_ptr<SequenceCache>> parts;
+    std::vector<std::pair<int, int>> route(layers_.size());
+    for (std::size_t i = 0; i < counts.size(); ++i) {
+      int n = 0;
+      for (std::size_t l = 0; l < layers_.size(); ++l)
+        if (layers_[l].n_kv_heads == counts[i]) route[l] = {int(i), n++};
+      parts.push_back(make_part(shape(budget).with_layers(n).with_kv_heads(counts[i]), policy, o));
+    }
+    return std::make_unique<LayeredCache>(std::move(parts), std::move(route));
+  }
+
+  template <class Policy>
+  std::unique_ptr<SequenceCache> make_part(const kvevict::Shape& s, const Policy& policy,
+                                           const kvevict::CacheOptions& o) const {
     switch (kv_type_) {
       case KvType::f16:
         return std::make_unique<CacheOf<Eigen::half, Policy>>(s, policy, o);
@@ -244,9 +328,8 @@ class Model {
 
   /// Runs every segment through the model; returns logits of each segment's last token (segment order),
   /// or of every token when `all_logits`. @pre each segment fits its cache's max_chunk
-  /// `kv_out`, when given, receives each layer's keys (before RoPE) and values, one row per token.
-  Matrix forward(const std::vector<Segment>& segments, bool all_logits = false,
-                 std::vector<std::pair<Matrix, Matrix>>* kv_out = nullptr) const {
+  /// `taps`, when given, receives what each layer saw (Taps).
+  Matrix forward(const std::vector<Segment>& segments, bool all_logits = false, Taps* taps = nullptr) const {
     // Activations are column-major, one column per token: W * X puts the long dimension (the weight's rows)
     // where Eigen splits work across threads, and a column-major (width x T) block is exactly the row-major
     // (T x width) matrix the cache takes, so no copies between the two.
@@ -272,9 +355,11 @@ class Model {
       const Layer& w = layers_[std::size_t(l)];
       rms_norm(x, w.attn_norm, h);
       multiply({{&w.wq, &q}, {&w.wk, &k}, {&w.wv, &v}}, h, hq);
-      if (kv_out) {
-        kv_out->resize(layers_.size());
-        (*kv_out)[std::size_t(l)] = {k.transpose(), v.transpose()};
+      if (taps) {
+        for (auto* list : {&taps->inputs, &taps->keys, &taps->values}) list->resize(layers_.size());
+        taps->inputs[std::size_t(l)] = h.transpose();
+        taps->keys[std::size_t(l)] = k.transpose();
+        taps->values[std::size_t(l)] = v.transpose();
       }
       // Sequences own separate caches, so they attend in parallel.
       pool_->parallel_for(int(segments.size()), [&](int i) {
@@ -283,6 +368,10 @@ class Model {
         s.cache->forward(l, as_rows(q, f, s.n_tokens), as_rows(k, f, s.n_tokens), as_rows(v, f, s.n_tokens),
                          as_rows(attn, f, s.n_tokens));
       });
+      if (taps) {
+        taps->attention.resize(layers_.size());
+        taps->attention[std::size_t(l)] = attn.transpose();
+      }
       multiply({{&w.wo, &tmp_embd}}, attn, hq);
       x += tmp_embd;
       rms_norm(x, w.ffn_norm, h);
@@ -303,54 +392,102 @@ class Model {
     return logits.transpose();
   }
 
-  /// Keys (before RoPE) and values of every layer for `n` tokens of text read from the start, in double:
-  /// the calibration data of kvevict::fit_head_merge.
-  std::vector<std::pair<Eigen::MatrixXd, Eigen::MatrixXd>> calibration_kv(const int* tokens, int n) const {
+  /// What every layer saw of `n` tokens of text read from the start, in double (Taps' fields, all tokens
+  /// in one matrix per layer): the calibration data of kvevict::fit_head_merge and the output repair.
+  struct Calibration {
+    std::vector<Eigen::MatrixXd> inputs, keys, values, attention;
+  };
+  Calibration calibrate(const int* tokens, int n) const {
     auto cache = make_cache<kvevict::Dense>(n);
-    std::vector<std::pair<Eigen::MatrixXd, Eigen::MatrixXd>> kv(layers_.size());
-    std::vector<std::pair<Matrix, Matrix>> chunk;
+    Calibration all;
+    Taps chunk;
     for (int t = 0; t < n; t += cache->max_chunk()) {
       const int rows = std::min(cache->max_chunk(), n - t);
       forward({Segment{cache.get(), tokens + t, rows}}, false, &chunk);
-      for (std::size_t l = 0; l < kv.size(); ++l) {
-        auto& [k, v] = kv[l];
-        k.conservativeResize(t + rows, chunk[l].first.cols());
-        v.conservativeResize(t + rows, chunk[l].second.cols());
-        k.bottomRows(rows) = chunk[l].first.cast<double>();
-        v.bottomRows(rows) = chunk[l].second.cast<double>();
+      for (auto [to, from] : {std::pair{&all.inputs, &chunk.inputs},
+                              {&all.keys, &chunk.keys},
+                              {&all.values, &chunk.values},
+                              {&all.attention, &chunk.attention}}) {
+        to->resize(layers_.size());
+        for (std::size_t l = 0; l < layers_.size(); ++l) {
+          Eigen::MatrixXd& m = (*to)[l];
+          m.conservativeResize(t + rows, (*from)[l].cols());
+          m.bottomRows(rows) = (*from)[l].cast<double>();
+        }
       }
     }
-    return kv;
+    return all;
   }
 
-  /// Merges the kv heads of every layer as `merges[layer]` says, folding the maps into W_q, W_k, W_v and
-  /// W_o: afterwards the model has merges[0].n_merged kv heads and a cache that many times smaller.
+  /// Merges the kv heads of every layer as `merges[layer]` says: afterwards the model has merges[0].n_merged
+  /// kv heads and a cache that many times smaller.
   void merge_kv_heads(const std::vector<kvevict::HeadMerge>& merges) {
-    const int d = c_.head_dim, q_per_kv = c_.n_heads / c_.n_kv_heads;
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      const kvevict::HeadMerge& m = merges.at(l);
-      Layer& w = layers_[l];
-      // The merged maps are dense: these four matrices leave the quantised path and are multiplied as floats.
-      Matrix wq = w.wq.dense(), wo = w.wo.dense();
-      const Matrix old_k = w.wk.dense(), old_v = w.wv.dense();
-      Matrix wk = Matrix::Zero(Eigen::Index(m.n_merged) * d, c_.n_embd), wv = wk;
-      for (int old = 0; old < c_.n_kv_heads; ++old) {
-        const auto g = Eigen::Index(old / m.group()) * d, rows = Eigen::Index(old) * d;
-        wk.middleRows(g, d) += (m.key_in[std::size_t(old)] * old_k.middleRows(rows, d).cast<double>()).cast<float>();
-        wv.middleRows(g, d) += (m.value_in[std::size_t(old)] * old_v.middleRows(rows, d).cast<double>()).cast<float>();
-      }
-      for (int h = 0; h < c_.n_heads; ++h) {
-        const auto old = std::size_t(h / q_per_kv);
-        const auto block = Eigen::Index(h) * d;
-        wq.middleRows(block, d) = (m.key_in[old] * wq.middleRows(block, d).cast<double>()).cast<float>();
-        wo.middleCols(block, d) = (wo.middleCols(block, d).cast<double>() * m.value_out[old]).cast<float>();
-      }
-      w.wq = Weight(std::move(wq));
-      w.wk = Weight(std::move(wk));
-      w.wv = Weight(std::move(wv));
-      w.wo = Weight(std::move(wo));
+    for (std::size_t l = 0; l < layers_.size(); ++l) merge_layer_kv_heads(int(l), merges.at(l));
+  }
+
+  /// Merges the kv heads of one layer, folding the maps into its W_q, W_k, W_v and W_o (which become floats);
+  /// every other layer is left as it is, bit for bit.
+  void merge_layer_kv_heads(int layer, const kvevict::HeadMerge& m) {
+    Layer& w = layers_.at(std::size_t(layer));
+    if (m.n_kv_heads != w.n_kv_heads || m.head_dim != c_.head_dim)
+      throw std::invalid_argument("merge of layer " + std::to_string(layer) + ": expected a merge of " +
+                                  std::to_string(w.n_kv_heads) + " heads of width " + std::to_string(c_.head_dim) +
+                                  ", got " + std::to_string(m.n_kv_heads) + " of width " + std::to_string(m.head_dim));
+    const int d = c_.head_dim, q_per_kv = c_.n_heads / w.n_kv_heads;
+    Matrix wq = w.wq.dense(), wo = w.wo.dense();
+    const Matrix old_k = w.wk.dense(), old_v = w.wv.dense();
+    Matrix wk = Matrix::Zero(Eigen::Index(m.n_merged) * d, c_.n_embd), wv = wk;
+    for (int old = 0; old < w.n_kv_heads; ++old) {
+      const auto g = Eigen::Index(old / m.group()) * d, rows = Eigen::Index(old) * d;
+      wk.middleRows(g, d) += (m.key_in[std::size_t(old)] * old_k.middleRows(rows, d).cast<double>()).cast<float>();
+      wv.middleRows(g, d) += (m.value_in[std::size_t(old)] * old_v.middleRows(rows, d).cast<double>()).cast<float>();
     }
-    c_.n_kv_heads = merges.at(0).n_merged;
+    for (int h = 0; h < c_.n_heads; ++h) {
+      const auto old = std::size_t(h / q_per_kv);
+      const auto block = Eigen::Index(h) * d;
+      wq.middleRows(block, d) = (m.key_in[old] * wq.middleRows(block, d).cast<double>()).cast<float>();
+      wo.middleCols(block, d) = (wo.middleCols(block, d).cast<double>() * m.value_out[old]).cast<float>();
+    }
+    w.wq = Weight(std::move(wq));
+    w.wk = Weight(std::move(wk));
+    w.wv = Weight(std::move(wv));
+    w.wo = Weight(std::move(wo));
+    w.n_kv_heads = m.n_merged;
+    c_.n_kv_heads = 0;  // the largest count left in any layer: the cache shape of tools that take one
+    for (const Layer& l : layers_) c_.n_kv_heads = std::max(c_.n_kv_heads, l.n_kv_heads);
+  }
+
+  /// The attention outputs (before W_o) that one layer gives for `inputs`, its normalised inputs for a text
+  /// read from the start (one row per token, as Calibration::inputs holds them): what this layer would output
+  /// if every layer before it were the original's.
+  Eigen::MatrixXd layer_attention(int layer, const Eigen::MatrixXd& inputs) const {
+    const Layer& w = layers_.at(std::size_t(layer));
+    const int n = int(inputs.rows()), chunk = 64;
+    CacheOf<float, kvevict::Dense> cache(shape(n).with_layers(1).with_kv_heads(w.n_kv_heads), kvevict::Dense{},
+                                         cache_options(chunk));
+    Eigen::MatrixXd out(n, c_.n_embd);
+    Eigen::MatrixXf x, q, k, v, attn(c_.n_embd, chunk);
+    quant::Activations xq;
+    for (int t = 0; t < n; t += chunk) {
+      const int rows = std::min(chunk, n - t);
+      x = inputs.middleRows(t, rows).transpose().cast<float>();
+      multiply({{&w.wq, &q}, {&w.wk, &k}, {&w.wv, &v}}, x, xq);
+      attn.resize(c_.n_embd, rows);
+      auto as_rows = [rows](Eigen::MatrixXf& m) { return Eigen::Map<Matrix>(m.data(), rows, m.rows()); };
+      cache.forward(0, as_rows(q), as_rows(k), as_rows(v), as_rows(attn));
+      out.middleRows(t, rows) = attn.transpose().cast<double>();
+    }
+    return out;
+  }
+
+  /// A layer's output projection W_o (n_embd x n_embd), as floats, and its replacement (kvevict's output
+  /// repair after a merge).
+  Matrix output_projection(int layer) const { return layers_.at(std::size_t(layer)).wo.dense(); }
+  void set_output_projection(int layer, Matrix wo) {
+    if (wo.rows() != c_.n_embd || wo.cols() != c_.n_embd)
+      throw std::invalid_argument("output projection of layer " + std::to_string(layer) + ": expected " +
+                                  std::to_string(c_.n_embd) + "x" + std::to_string(c_.n_embd));
+    layers_.at(std::size_t(layer)).wo = Weight(std::move(wo));
   }
 
   /// Feeds `n` tokens of one sequence in chunks of its max_chunk; returns the last token's logits.
@@ -367,6 +504,7 @@ class Model {
   struct Layer {
     Eigen::RowVectorXf attn_norm, ffn_norm;
     Weight wq, wk, wv, wo, gate, up, down;
+    int n_kv_heads = 0;
   };
 
   // out = W x for each (W, out) of `products` (at most three), all with the same input: x is rounded to 8-bit blocks
@@ -457,15 +595,23 @@ inline double nll(const Eigen::Ref<const Eigen::RowVectorXf>& logits, int target
   return lse - double(logits[target]);
 }
 
-/// Perplexity of ids[1..n) with a dense cache, each token predicted from all before it (prefill in chunks).
-inline double dense_perplexity(const Model& model, const std::vector<int>& ids) {
+/// -log p(ids[t] | ids[0..t)) for every t >= 1 with a dense cache (prefill in chunks); entry 0 is NaN.
+inline std::vector<double> dense_nll(const Model& model, const std::vector<int>& ids) {
   auto cache = model.make_cache<kvevict::Dense>(int(ids.size()));
-  double total = 0;
+  std::vector<double> out(ids.size(), NAN);
   for (std::size_t t = 0; t + 1 < ids.size(); t += 64) {
     const int n = int(std::min<std::size_t>(64, ids.size() - 1 - t));
     const Matrix logits = model.forward({Segment{cache.get(), &ids[t], n}}, true);
-    for (int r = 0; r < n; ++r) total += nll(logits.row(r), ids[t + std::size_t(r) + 1]);
+    for (int r = 0; r < n; ++r) out[t + std::size_t(r) + 1] = nll(logits.row(r), ids[t + std::size_t(r) + 1]);
   }
+  return out;
+}
+
+/// Perplexity of ids[1..n) with a dense cache, each token predicted from all before it.
+inline double dense_perplexity(const Model& model, const std::vector<int>& ids) {
+  const std::vector<double> nlls = dense_nll(model, ids);
+  double total = 0;
+  for (std::size_t t = 1; t < nlls.size(); ++t) total += nlls[t];
   return std::exp(total / double(ids.size() - 1));
 }
 

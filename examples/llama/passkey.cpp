@@ -43,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -92,24 +93,16 @@ const char* const kUsage =
 }
 
 int strict_int(const std::string& option, const std::string& v) {
-  std::size_t end = 0;
-  long n = 0;
+  long n = -1;
   try {
-    n = std::stol(v, &end);
-  } catch (const std::exception&) {
-    end = 0;
+    n = cli::number<long>(v);
+  } catch (const std::logic_error&) {
   }
-  if (end != v.size() || v.empty() || n < 0 || n > (1 << 24)) usage("bad value for " + option + ": " + v);
+  if (n < 0 || n > (1 << 24)) usage("bad value for " + option + ": " + v);
   return int(n);
 }
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
+using cli::split;
 
 std::vector<int> int_list(const std::string& option, const std::string& v) {
   std::vector<int> out;

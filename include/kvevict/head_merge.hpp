@@ -18,9 +18,16 @@
 /// `HeadMergeMethod::mean` is the baseline the paper compares with (mean-pooled heads, as GQA's
 /// uptraining initialises them). Cost: one m x m eigenproblem per RoPE pair and one (m d) x (m d) per group,
 /// once, offline.
+///
+/// The paper recovers what a merge loses by fine-tuning; kvevict does not train. `repair_output_projection`
+/// is the closed-form part of that repair: a least-squares re-fit of a merged layer's output projection to
+/// the original layer's output on calibration text. `head_merge_error` measures what a merge throws away, the
+/// share of the calibration K/V's energy it cannot reconstruct.
 
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
+#include <Eigen/QR>
+#include <cmath>
 #include <complex>
 #include <string>
 #include <vector>
@@ -110,6 +117,75 @@ inline HeadMerge fit_head_merge(const Eigen::Ref<const Eigen::MatrixXd>& keys,
     }
   }
   return merge;
+}
+
+/// What a merge loses on calibration K/V: each member's key and value reconstructed from the merged head
+/// (k_i ~ key_in_i^T k', v_i ~ value_out_i v'), as the share of the squared norm that is not reconstructed,
+/// summed over heads and tokens: 0 when the heads merge exactly, 1 when nothing is kept.
+struct HeadMergeError {
+  double keys = 0, values = 0;
+};
+
+/// @throws InvalidArgument unless the shapes agree with the merge.
+inline HeadMergeError head_merge_error(const Eigen::Ref<const Eigen::MatrixXd>& keys,
+                                       const Eigen::Ref<const Eigen::MatrixXd>& values, const HeadMerge& merge) {
+  const int m = merge.group(), d = merge.head_dim;
+  const Eigen::Index width = Eigen::Index(merge.n_kv_heads) * d;
+  KVEVICT_REQUIRE(merge.n_merged > 0 && merge.key_in.size() == std::size_t(merge.n_kv_heads) &&
+                      merge.value_in.size() == merge.key_in.size() && merge.value_out.size() == merge.key_in.size(),
+                  "merge", "a merge made by fit_head_merge",
+                  "maps for " + std::to_string(merge.key_in.size()) + " heads");
+  KVEVICT_REQUIRE(keys.cols() == width, "keys.cols()", "n_kv_heads * head_dim = " + std::to_string(width), keys.cols());
+  KVEVICT_REQUIRE(values.rows() == keys.rows() && values.cols() == width, "values", "the shape of keys",
+                  std::to_string(values.rows()) + "x" + std::to_string(values.cols()));
+  double key_lost = 0, value_lost = 0;
+  for (int g = 0; g < merge.n_merged; ++g) {
+    Eigen::MatrixXd key = Eigen::MatrixXd::Zero(keys.rows(), d), value = key;  // merged head, one row per token
+    for (int i = g * m; i < (g + 1) * m; ++i) {
+      key.noalias() += keys.middleCols(Eigen::Index(i) * d, d) * merge.key_in[std::size_t(i)].transpose();
+      value.noalias() += values.middleCols(Eigen::Index(i) * d, d) * merge.value_in[std::size_t(i)].transpose();
+    }
+    for (int i = g * m; i < (g + 1) * m; ++i) {
+      key_lost += (keys.middleCols(Eigen::Index(i) * d, d) - key * merge.key_in[std::size_t(i)]).squaredNorm();
+      value_lost += (values.middleCols(Eigen::Index(i) * d, d) - value * merge.value_out[std::size_t(i)].transpose())
+                        .squaredNorm();
+    }
+  }
+  const double key_energy = keys.squaredNorm(), value_energy = values.squaredNorm();
+  return {key_energy > 0 ? key_lost / key_energy : 0.0, value_energy > 0 ? value_lost / value_energy : 0.0};
+}
+
+/// The training-free repair of a merged layer: the output projection W (n_out x n_in) that makes the merged
+/// layer's attention outputs A (N tokens x n_in, before the projection) give the original layer's outputs T
+/// (N x n_out, after it) as closely as least squares can,
+///   W = argmin |A W^T - T|^2 + lambda |W - W_0|^2,   lambda = ridge * trace(A^T A) / n_in,
+/// shrunk towards the merged projection W_0 so that few calibration tokens do not over-fit. Since W_0 is one
+/// candidate, the fitted W never has a larger calibration error |A W^T - T| than W_0 (for any ridge >= 0).
+/// Cost: one n_in x n_in solve and O(N n_in (n_in + n_out)) to form it, once, offline.
+/// @throws InvalidArgument unless the shapes agree, the data are finite and ridge >= 0.
+inline Eigen::MatrixXd repair_output_projection(const Eigen::Ref<const Eigen::MatrixXd>& attention,
+                                                const Eigen::Ref<const Eigen::MatrixXd>& target,
+                                                const Eigen::Ref<const Eigen::MatrixXd>& projection,
+                                                double ridge = 1e-3) {
+  KVEVICT_REQUIRE(attention.rows() > 0, "attention.rows()", "at least one calibration token", attention.rows());
+  KVEVICT_REQUIRE(target.rows() == attention.rows(), "target.rows()",
+                  "attention.rows() = " + std::to_string(attention.rows()), target.rows());
+  KVEVICT_REQUIRE(
+      projection.rows() == target.cols() && projection.cols() == attention.cols(), "projection",
+      std::to_string(target.cols()) + "x" + std::to_string(attention.cols()) + " (target.cols() x attention.cols())",
+      std::to_string(projection.rows()) + "x" + std::to_string(projection.cols()));
+  KVEVICT_REQUIRE(std::isfinite(ridge) && ridge >= 0, "ridge", "finite and >= 0", ridge);
+  KVEVICT_REQUIRE(attention.allFinite(), "attention", "finite calibration outputs", "NaN or infinity");
+  KVEVICT_REQUIRE(target.allFinite(), "target", "finite calibration outputs", "NaN or infinity");
+  KVEVICT_REQUIRE(projection.allFinite(), "projection", "finite weights", "NaN or infinity");
+  const Eigen::Index n_in = attention.cols();
+  Eigen::MatrixXd gram = attention.transpose() * attention;
+  const double lambda = ridge * gram.trace() / double(n_in);
+  gram.diagonal().array() += lambda;
+  const Eigen::MatrixXd rhs = attention.transpose() * target + lambda * projection.transpose();
+  // Semi-definite without the ridge (a rank-deficient A): complete orthogonal decomposition gives the
+  // least-squares solution there, where a Cholesky factorisation would fail.
+  return Eigen::CompleteOrthogonalDecomposition<Eigen::MatrixXd>(gram).solve(rhs).transpose();
 }
 
 }  // namespace kvevict

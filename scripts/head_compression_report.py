@@ -13,6 +13,7 @@ import sys
 from collections import defaultdict
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,6 +26,11 @@ def rows(path):
 
 def ratio_cell(r):
     return f"{float(r['ratio']):.3f} [{float(r['ratio_lo']):.3f}, {float(r['ratio_hi']):.3f}]"
+
+
+def spearman(x, y):
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731 (no ties in measured floats)
+    return float(np.corrcoef(rank(x), rank(y))[0, 1])
 
 
 def gap_closed(merged, repaired):
@@ -87,6 +93,11 @@ def main():
         order = sorted(cost[method], key=lambda layer: float(cost[method][layer]["cost"]))
         print(f"\n{method} merge order (cheapest first, cost alone on the calibration text): "
               + ", ".join(f"{layer} ({100 * float(cost[method][layer]['cost']):+.1f}%)" for layer in order))
+        # Would a cheaper criterion have ranked the layers the same? Spearman's rank correlation with the cost.
+        costs = [float(cost[method][layer]["cost"]) for layer in order]
+        for column in ("key_error", "value_error"):
+            other = [float(cost[method][layer][column]) for layer in order]
+            print(f"  rank correlation of the cost with {column}: {spearman(costs, other):+.2f}")
 
     equal = rows(f"{out}/equal.csv")
     models = list(dict.fromkeys(r["model"] for r in equal))

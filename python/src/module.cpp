@@ -926,4 +926,29 @@ NB_MODULE(_kvevict, m) {
       "method"_a = HeadMergeMethod::svd,
       "Fits a merge of n_kv_heads kv heads into n_merged from one layer's calibration keys and values, "
       "N x (n_kv_heads * head_dim) (Yu et al., 2406.07056).");
+  nb::class_<HeadMergeError>(m, "HeadMergeError", "What a merge cannot reconstruct of calibration K/V.")
+      .def_ro("keys", &HeadMergeError::keys, "Share of the keys' squared norm lost, in [0, 1].")
+      .def_ro("values", &HeadMergeError::values, "Share of the values' squared norm lost, in [0, 1].")
+      .def("__repr__", [](const HeadMergeError& e) {
+        return "HeadMergeError(keys=" + std::to_string(e.keys) + ", values=" + std::to_string(e.values) + ")";
+      });
+  m.def(
+      "head_merge_error",
+      [](const InArray& keys, const InArray& values, const HeadMerge& merge) {
+        return head_merge_error(calibration(keys, "keys"), calibration(values, "values"), merge);
+      },
+      "keys"_a, "values"_a, "merge"_a,
+      "The share of calibration keys and values (N x (n_kv_heads * head_dim)) that the merged heads cannot "
+      "reconstruct: 0 for heads that merge exactly.");
+  m.def(
+      "repair_output_projection",
+      [](const InArray& attention, const InArray& target, const InArray& projection, double ridge) {
+        return to_numpy(repair_output_projection(calibration(attention, "attention"), calibration(target, "target"),
+                                                 calibration(projection, "projection"), ridge));
+      },
+      "attention"_a, "target"_a, "projection"_a, "ridge"_a = 1e-3,
+      "The output projection W (n_out x n_in) minimising |attention W^T - target|^2 + lambda |W - projection|^2, "
+      "lambda = ridge * trace(attention^T attention) / n_in: a merged layer's training-free repair from its "
+      "attention outputs (N x n_in) and the original layer's outputs (N x n_out). Its calibration error never "
+      "exceeds that of `projection`.");
 }

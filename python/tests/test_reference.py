@@ -160,6 +160,37 @@ def test_head_merge_into_as_many_heads_is_exact(rng):
         np.testing.assert_allclose(vh @ v_in.T @ v_out.T, vh, atol=1e-9)
 
 
+def test_head_merge_error_is_what_the_merged_heads_lose(rng):
+    """The error head_merge_error reports is numpy's reconstruction of every member from its merged head."""
+    n_kv, d, n = 3, 8, 200
+    keys, values = rng.standard_normal((n, n_kv * d)), rng.standard_normal((n, n_kv * d))
+    merge = kv.fit_head_merge(keys, values, n_kv_heads=n_kv, n_merged=1, head_dim=d)
+    merged_k = sum(keys[:, i * d:(i + 1) * d] @ merge.key_in[i].T for i in range(n_kv))
+    merged_v = sum(values[:, i * d:(i + 1) * d] @ merge.value_in[i].T for i in range(n_kv))
+    lost_k = sum(np.sum((keys[:, i * d:(i + 1) * d] - merged_k @ merge.key_in[i]) ** 2) for i in range(n_kv))
+    lost_v = sum(np.sum((values[:, i * d:(i + 1) * d] - merged_v @ merge.value_out[i].T) ** 2) for i in range(n_kv))
+    error = kv.head_merge_error(keys, values, merge)
+    assert error.keys == pytest.approx(lost_k / np.sum(keys ** 2), rel=1e-9)
+    assert error.values == pytest.approx(lost_v / np.sum(values ** 2), rel=1e-9)
+    assert 0 < error.values < 1
+    exact = kv.fit_head_merge(keys, values, n_kv_heads=n_kv, n_merged=n_kv, head_dim=d)
+    assert kv.head_merge_error(keys, values, exact).keys < 1e-12
+
+
+def test_output_repair_is_the_shrunk_least_squares(rng):
+    """repair_output_projection solves (A^T A + lambda I) W^T = A^T T + lambda W0^T, lambda from the ridge."""
+    a, w0 = rng.standard_normal((300, 12)), rng.standard_normal((5, 12))
+    target = a @ rng.standard_normal((5, 12)).T + 0.1 * rng.standard_normal((300, 5))
+    for ridge in (0.0, 0.01, 1.0):
+        lam = ridge * np.trace(a.T @ a) / a.shape[1]
+        expected = np.linalg.solve(a.T @ a + lam * np.eye(12), a.T @ target + lam * w0.T).T
+        w = kv.repair_output_projection(a, target, w0, ridge=ridge)
+        np.testing.assert_allclose(w, expected, rtol=1e-8, atol=1e-10)
+        assert np.sum((a @ w.T - target) ** 2) <= np.sum((a @ w0.T - target) ** 2)
+    with pytest.raises(kv.InvalidArgument, match="ridge"):
+        kv.repair_output_projection(a, target, w0, ridge=-1.0)
+
+
 def test_recompute_range():
     assert kv.SlidingWindowRecompute.recompute_range(5, 8) == (0, 0)
     assert kv.SlidingWindowRecompute.recompute_range(20, 8) == (12, 20)

@@ -256,8 +256,8 @@ TEST(Engine, MergingKvHeadsOnTheRealModel) {
   auto merged = [&](int heads, kvevict::HeadMergeMethod method) {
     std::vector<kvevict::HeadMerge> merges;
     for (std::size_t l = 0; l < seen.keys.size(); ++l)
-      merges.push_back(kvevict::fit_head_merge(seen.keys[l], seen.values[l], 3, heads, 64,
-                                               kvevict::RopeLayout::adjacent, method));
+      merges.push_back(
+          kvevict::fit_head_merge(seen.keys[l], seen.values[l], 3, heads, 64, kvevict::RopeLayout::adjacent, method));
     return perplexity(merges);
   };
   // Merged attention weights are floats and take unrounded activations, where the quantised originals take

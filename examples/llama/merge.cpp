@@ -423,14 +423,11 @@ int main(int argc, char** argv) {
       std::printf("%-18s %-10s %-14s %7s %10s  %9s %-20s %8s %-18s\n", "text", "policy", "model", "budget", "K/V bytes",
                   "ppl", "95% interval", "ratio", "95% interval");
       std::vector<std::pair<std::string, const llama::Model*>> models{{"original", &original}};
-      std::vector<std::string> labels;
-      for (auto& [key, m] : kept) {
+      for (const auto& [saved, m] : kept) {
         char label[32];
-        std::snprintf(label, sizeof label, "merged %.0f%%", key);
-        labels.push_back(label);
+        std::snprintf(label, sizeof label, "merged %.0f%%", saved);
+        models.emplace_back(label, &m);
       }
-      std::size_t next = 0;
-      for (auto& [key, m] : kept) models.emplace_back(labels[next++], &m);
       for (std::size_t t = 0; t < texts.size(); ++t) {
         const std::vector<int> ids(texts[t].begin(), texts[t].begin() + opt.stream_tokens);
         std::map<std::pair<std::string, int>, std::vector<double>> reference;  // (policy, bytes budget) -> nll

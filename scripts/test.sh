@@ -15,9 +15,12 @@ configure_and_test() {
   shift 2
   echo "=== ${dir}: $*"
   cmake -S . -B "$dir" -DKVEVICT_WERROR=ON "$@" >/dev/null
+  local start=$SECONDS
   cmake --build "$dir" -j "$jobs"
+  local built=$SECONDS
   # shellcheck disable=SC2086
   (cd "$dir" && ctest --output-on-failure -j "$jobs" $ctest_args)
+  echo "=== ${dir}: built in $((built - start)) s, tested in $((SECONDS - built)) s"
 }
 
 # The real-model forward passes (label slow) run once, in the last configuration.

@@ -24,6 +24,13 @@ template <class Got>
   throw InvalidArgument(message.str());
 }
 
+/// Throws unless lo <= value <= hi: "parameter: expected in [lo, hi]<note>, got value".
+template <class T>
+void require_in(const char* parameter, T value, T lo, T hi, const char* note = "") {
+  if (value < lo || value > hi)
+    fail(parameter, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" + note, value);
+}
+
 }  // namespace detail
 
 /// Throws InvalidArgument unless `condition` holds; `expected` and `got` are evaluated only on failure, so

@@ -37,12 +37,14 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <utility>
 #if defined(__cpp_concepts) && __cpp_concepts >= 201907L
 #include <concepts>
 #endif
 
+#include "error.hpp"
 #include "slots.hpp"
 
 namespace kvevict {
@@ -98,6 +100,14 @@ struct Protect {
   }
 };
 
+/// The usual protection of a score policy: its newest `recent` tokens.
+/// @throws InvalidArgument unless 0 <= recent < budget (a policy that protects the whole budget cannot evict).
+inline Protect protect_recent(int recent, const HeadContext& context) {
+  if (recent < 0 || recent >= context.budget)
+    detail::fail("recent", "in [0, budget = " + std::to_string(context.budget) + ")", recent);
+  return Protect{0, recent};
+}
+
 /// A read-only look at one slot table, as the Evictor sees it when it asks for a victim.
 struct SlotView {
   const std::int64_t* positions;  ///< per slot, kFreeSlot where empty
@@ -124,6 +134,17 @@ struct TokenView {
   const Scalar* key;
   const Scalar* value;
   int head_dim;
+
+  /// ||key||^2 and ||value||^2, summed in double.
+  double key_squared_norm() const noexcept { return squared_norm(key); }
+  double value_squared_norm() const noexcept { return squared_norm(value); }
+
+ private:
+  double squared_norm(const Scalar* x) const noexcept {
+    double sum = 0.0;
+    for (int i = 0; i < head_dim; ++i) sum += double(x[i]) * double(x[i]);
+    return sum;
+  }
 };
 
 /// The attention of one GQA group that just ran over this head's slots.

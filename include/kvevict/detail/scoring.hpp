@@ -5,9 +5,11 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../policy.hpp"
+#include "../softmax.hpp"
 
 namespace kvevict::detail {
 
@@ -43,6 +45,64 @@ void accumulate(const AttentionView<Scalar>& a, GroupReduce reduce, double* scor
       }
   }
 }
+
+/// Query token t's weights over the slots, the group's query heads averaged into their kv head, in `out`
+/// (capacity floats). `row(r)` gives row r's weights as a float array; by default the weights the model used.
+/// O(group x capacity).
+template <class Scalar, class Row>
+Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, float* out, Row&& row) {
+  Eigen::Map<Eigen::ArrayXf> mean(out, a.slots.capacity);
+  mean.setZero();
+  for (int h = 0; h < a.group; ++h) mean += row(t * a.group + h);
+  mean *= 1.0f / float(a.group);
+  return mean;
+}
+template <class Scalar>
+Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, float* out) {
+  return group_mean(a, t, out, [&](int r) {
+    using Row = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+    return Row(a.probs + std::ptrdiff_t(r) * a.slots.capacity, a.slots.capacity).template cast<float>();
+  });
+}
+
+/// softmax_j(gain x_j) of `n` logits (masked: -inf), as floats in `out`; an all-masked row gives zeros.
+template <class Scalar>
+Eigen::Map<Eigen::ArrayXf> sharpened_softmax(const Scalar* logits, int n, double gain, float* out) {
+  constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
+  const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> x(logits, n);
+  Eigen::Map<Eigen::ArrayXf> w(out, n);
+  const Scalar m = x.maxCoeff();
+  if (m == masked) {
+    w.setZero();
+    return w;
+  }
+  w = ((x - m) * Scalar(gain)).exp().template cast<float>();
+  flush_denormals(out, n);
+  w *= 1.0f / w.sum();
+  return w;
+}
+
+/// The mean of the last `width` values pushed (of all of them before that): a causal average pool, summed
+/// afresh each time so that no rounding accumulates. O(width) per value, no allocation.
+class CausalMean {
+ public:
+  void reset(int width) {
+    values_.assign(std::size_t(width), 0.0);
+    pushed_ = 0;
+  }
+  double push(double value) {
+    values_[std::size_t(pushed_ % std::int64_t(values_.size()))] = value;
+    ++pushed_;
+    const std::int64_t n = std::min<std::int64_t>(pushed_, std::int64_t(values_.size()));
+    double sum = 0.0;
+    for (std::int64_t k = 0; k < n; ++k) sum += values_[std::size_t(k)];
+    return sum / double(n);
+  }
+
+ private:
+  std::vector<double> values_;
+  std::int64_t pushed_ = 0;
+};
 
 /// Per slot, the sum of the last `window` rows added (one row per query, a weight per slot): a ring of the
 /// rows themselves, so the oldest leaves the sum as the newest enters; window 0 sums every row. Serves

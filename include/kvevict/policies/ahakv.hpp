@@ -36,14 +36,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <string>
 #include <vector>
 
 #include "../detail/scoring.hpp"
 #include "../error.hpp"
 #include "../policy.hpp"
-#include "../softmax.hpp"
 
 namespace kvevict {
 
@@ -51,6 +49,7 @@ namespace kvevict {
 struct AhaKV {
   static constexpr bool needs_logits = true;
   static constexpr int kAuto = -1;
+  static constexpr int kMaxWindow = 4096;  ///< largest window and pool: the window keeps window x capacity floats
 
   int window = 32;                        ///< r: queries a score remembers
   int recent = kAuto;                     ///< newest tokens always kept; default min(window, budget / 2)
@@ -60,32 +59,22 @@ struct AhaKV {
 
   /// @throws InvalidArgument unless recent (default min(window, budget / 2)) is in [0, budget).
   Protect protection(const HeadContext& context) const {
-    const int r = recent == kAuto ? std::min(window, context.budget / 2) : recent;
-    KVEVICT_REQUIRE(r >= 0 && r < context.budget, "recent", "in [0, budget = " + std::to_string(context.budget) + ")",
-                    r);
-    return Protect{0, r};
+    return protect_recent(recent == kAuto ? std::min(window, context.budget / 2) : recent, context);
   }
-  /// The largest `window` and `pool`: the window keeps window x capacity floats per head (the paper uses 32).
-  static constexpr int kMaxWindow = 4096;
-
   /// @throws InvalidArgument for window or pool outside [1, kMaxWindow], or a gain range that is not
   /// finite with 0 < min_gain <= max_gain.
   void init(const HeadContext& context) {
-    KVEVICT_REQUIRE(window > 0 && window <= kMaxWindow, "window",
-                    "in [1, " + std::to_string(kMaxWindow) + "] (the r of recent accumulation)", window);
-    KVEVICT_REQUIRE(pool > 0 && pool <= kMaxWindow, "pool", "in [1, " + std::to_string(kMaxWindow) + "]", pool);
+    detail::require_in("window", window, 1, kMaxWindow, " (the r of recent accumulation)");
+    detail::require_in("pool", pool, 1, kMaxWindow);
     KVEVICT_REQUIRE(min_gain > 0 && max_gain >= min_gain && std::isfinite(max_gain), "min_gain, max_gain",
                     "finite, 0 < min_gain <= max_gain", std::to_string(min_gain) + ", " + std::to_string(max_gain));
     budget_ = context.budget;
     head_dim_ = context.head_dim;
-    const auto cap = std::size_t(context.capacity);
     attention_.reset(recent_accumulation ? window : 0, context.capacity);
-    prior_.assign(cap, 1.0);
-    step_.assign(cap, 0.0f);
-    folded_.assign(cap, 0.0f);
-    norms_.assign(std::size_t(pool), 0.0);
-    n_appended_ = 0;
-    max_prior_ = 1.0;
+    value_norms_.reset(pool);
+    prior_.assign(std::size_t(context.capacity), 1.0);
+    row_.assign(std::size_t(context.capacity), 0.0f);
+    folded_.assign(std::size_t(context.capacity), 0.0f);
   }
 
   /// lambda_i for a query at position i - 1, clamped as documented above.
@@ -97,16 +86,8 @@ struct AhaKV {
 
   template <class Scalar>
   void on_append(const TokenView<Scalar>& token) noexcept {
-    const auto s = std::size_t(token.slot);
     attention_.forget(token.slot);
-    double nu = 0.0;
-    for (int i = 0; i < token.head_dim; ++i) nu += double(token.value[i]) * double(token.value[i]);
-    norms_[std::size_t(n_appended_ % pool)] = nu;
-    ++n_appended_;
-    const std::int64_t n = std::min<std::int64_t>(n_appended_, pool);
-    double sum = 0.0;
-    for (std::int64_t k = 0; k < n; ++k) sum += norms_[std::size_t(k)];
-    prior_[s] = sum / double(n);
+    prior_[std::size_t(token.slot)] = value_norms_.push(token.value_squared_norm());
   }
 
   template <class Scalar>
@@ -116,52 +97,30 @@ struct AhaKV {
     for (int s = 0; s < cap; ++s)
       if (a.slots.occupied(s)) max_prior_ = std::max(max_prior_, prior_[std::size_t(s)]);
     if (!(max_prior_ > 0.0)) max_prior_ = 1.0;  // all-zero values: every prior is 0 and the scores tie anyway
-    using Weights = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
-    Eigen::Map<Eigen::ArrayXf> folded(folded_.data(), cap);
     for (int t = 0; t < a.n_queries; ++t) {
-      folded.setZero();
-      for (int h = 0; h < a.group; ++h) {
-        const int row = t * a.group + h;
-        if (step_gain)
-          folded += step_gain_weights(Weights(a.logits + std::ptrdiff_t(row) * cap, cap),
-                                      lambda(a.query_positions[t] + 1) / a.scale);
-        else
-          folded += Weights(a.probs + std::ptrdiff_t(row) * cap, cap).template cast<float>();
-      }
-      folded *= 1.0f / float(a.group);
-      attention_.add(folded);
+      const double gain = lambda(a.query_positions[t] + 1) / a.scale;  // the logits arrive scaled
+      const auto sharpened = [&](int r) {
+        return detail::sharpened_softmax(a.logits + std::ptrdiff_t(r) * cap, cap, gain, row_.data());
+      };
+      attention_.add(step_gain ? detail::group_mean(a, t, folded_.data(), sharpened)
+                               : detail::group_mean(a, t, folded_.data()));
     }
   }
 
   /// gamma_bar_j S_j, as the paper writes it.
   double score(int slot) const noexcept {
-    const auto s = std::size_t(slot);
-    return value_prior ? attention_[slot] * (prior_[s] / max_prior_) : attention_[slot];
+    return value_prior ? attention_[slot] * (prior_[std::size_t(slot)] / max_prior_) : attention_[slot];
   }
   /// The raw gamma (pooled ||v||^2) of a slot.
   double prior(int slot) const { return prior_[std::size_t(slot)]; }
 
  private:
-  // softmax_j(gain * logit_j) over the visible slots of one row (masked logits are -inf); the logits
-  // arrive scaled, so gain = lambda / scale.
-  template <class Logits>
-  auto step_gain_weights(const Logits& logits, double gain) {
-    using Scalar = typename Logits::Scalar;
-    constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
-    Eigen::Map<Eigen::ArrayXf> w(step_.data(), logits.size());
-    const Scalar m = logits.maxCoeff();
-    if (m == masked) return w.setZero();
-    w = ((logits - m) * Scalar(gain)).exp().template cast<float>();
-    detail::flush_denormals(w.data(), w.size());
-    return w *= 1.0f / w.sum();
-  }
-
   int budget_ = 1, head_dim_ = 1;
-  detail::RecentSum attention_;  // S: the (step-gain) weights of the last `window` queries, or of all
-  std::vector<double> prior_, norms_;
-  std::vector<float> step_, folded_;
+  detail::RecentSum attention_;     // S: the (step-gain) weights of the last `window` queries, or of all
+  detail::CausalMean value_norms_;  // gamma: ||v||^2 pooled over the token and the pool - 1 before it
+  std::vector<double> prior_;       // gamma per slot, fixed when the token arrives
+  std::vector<float> row_, folded_;
   double max_prior_ = 1.0;
-  std::int64_t n_appended_ = 0;
 };
 
 }  // namespace kvevict

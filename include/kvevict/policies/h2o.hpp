@@ -15,11 +15,9 @@
 /// Cost per step: O(queries x group x budget) to accumulate (the order of attention) + O(budget) to select.
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "../detail/scoring.hpp"
-#include "../error.hpp"
 #include "../policy.hpp"
 
 namespace kvevict {
@@ -35,10 +33,7 @@ struct H2O {
 
   /// @throws InvalidArgument unless 0 <= recent < budget.
   Protect protection(const HeadContext& context) const {
-    const int r = recent == kHalfBudget ? context.budget / 2 : recent;
-    KVEVICT_REQUIRE(r >= 0 && r < context.budget, "recent", "in [0, budget = " + std::to_string(context.budget) + ")",
-                    r);
-    return Protect{0, r};
+    return protect_recent(recent == kHalfBudget ? context.budget / 2 : recent, context);
   }
   void init(const HeadContext& context) {
     score_.assign(std::size_t(context.capacity), 0.0);

@@ -45,9 +45,7 @@ struct L2Norm {
   void init(const HeadContext& context) { norm_.assign(std::size_t(context.capacity), 0.0); }
   template <class Scalar>
   void on_append(const TokenView<Scalar>& token) noexcept {
-    double sum = 0.0;
-    for (int i = 0; i < token.head_dim; ++i) sum += double(token.key[i]) * double(token.key[i]);
-    norm_[std::size_t(token.slot)] = std::sqrt(sum);
+    norm_[std::size_t(token.slot)] = std::sqrt(token.key_squared_norm());
   }
   double score(int slot) const noexcept { return -norm_[std::size_t(slot)]; }
 

@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include "../detail/scoring.hpp"
@@ -43,16 +42,13 @@ struct SnapKV {
 
   /// @throws InvalidArgument unless recent (default min(window, budget / 2)) is in [0, budget).
   Protect protection(const HeadContext& context) const {
-    const int r = recent == kAuto ? std::min(window, context.budget / 2) : recent;
-    KVEVICT_REQUIRE(r >= 0 && r < context.budget, "recent", "in [0, budget = " + std::to_string(context.budget) + ")",
-                    r);
-    return Protect{0, r};
+    return protect_recent(recent == kAuto ? std::min(window, context.budget / 2) : recent, context);
   }
   /// @throws InvalidArgument for window outside [1, kMaxWindow] or a kernel that is not odd and positive.
   void init(const HeadContext& context) {
-    KVEVICT_REQUIRE(window > 0 && window <= kMaxWindow, "window", "in [1, " + std::to_string(kMaxWindow) + "]", window);
-    KVEVICT_REQUIRE(kernel > 0 && kernel % 2 == 1 && kernel <= kMaxWindow, "kernel",
-                    "odd, in [1, " + std::to_string(kMaxWindow) + "]", kernel);
+    detail::require_in("window", window, 1, kMaxWindow);
+    detail::require_in("kernel", kernel, 1, kMaxWindow);
+    KVEVICT_REQUIRE(kernel % 2 == 1, "kernel", "odd", kernel);
     const auto cap = std::size_t(context.capacity);
     kept_recent_ = protection(context).recent;
     votes_.reset(window, context.capacity);
@@ -74,16 +70,7 @@ struct SnapKV {
 
   template <class Scalar>
   void observe(const AttentionView<Scalar>& a) noexcept {
-    Eigen::Map<Eigen::ArrayXf> folded(folded_.data(), a.slots.capacity);
-    for (int t = 0; t < a.n_queries; ++t) {
-      folded.setZero();
-      for (int h = 0; h < a.group; ++h)
-        folded += Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(
-                      a.probs + std::ptrdiff_t(t * a.group + h) * a.slots.capacity, a.slots.capacity)
-                      .template cast<float>();
-      folded *= 1.0f / float(a.group);
-      votes_.add(folded);
-    }
+    for (int t = 0; t < a.n_queries; ++t) votes_.add(detail::group_mean(a, t, folded_.data()));
     keep_held([&](int s, std::int64_t p) { return a.slots.positions[s] == p; });
     pool();
   }

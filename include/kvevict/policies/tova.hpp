@@ -13,10 +13,9 @@
 /// Ties go to the older token.
 /// Cost per step: O(group x capacity) to fold the last query's weights, plus O(capacity) for the selection.
 
-#include <string>
 #include <vector>
 
-#include "../error.hpp"
+#include "../detail/scoring.hpp"
 #include "../policy.hpp"
 
 namespace kvevict {
@@ -26,21 +25,12 @@ struct TOVA {
   int recent = 1;  ///< newest tokens always kept (0: none, as in the paper)
 
   /// @throws InvalidArgument unless recent is in [0, budget).
-  Protect protection(const HeadContext& context) const {
-    KVEVICT_REQUIRE(recent >= 0 && recent < context.budget, "recent",
-                    "in [0, budget = " + std::to_string(context.budget) + ")", recent);
-    return Protect{0, recent};
-  }
+  Protect protection(const HeadContext& context) const { return protect_recent(recent, context); }
   void init(const HeadContext& context) { weight_.assign(std::size_t(context.capacity), 0.0f); }
 
   template <class Scalar>
   void observe(const AttentionView<Scalar>& a) noexcept {
-    const int last = (a.n_queries - 1) * a.group;
-    for (int slot = 0; slot < a.slots.capacity; ++slot) {
-      float sum = 0.0f;
-      for (int h = 0; h < a.group; ++h) sum += float(a.prob(last + h, slot));
-      weight_[std::size_t(slot)] = sum / float(a.group);
-    }
+    detail::group_mean(a, a.n_queries - 1, weight_.data());
   }
   double score(int slot) const noexcept { return weight_[std::size_t(slot)]; }
 

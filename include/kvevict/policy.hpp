@@ -16,6 +16,7 @@
 /// and may declare what it never evicts, which the Evictor applies before asking it:
 ///
 ///     kvevict::Protect protection(const kvevict::HeadContext&) const;   // first `sinks`, last `recent` tokens
+///                                            // (protect_recent(recent, context) checks recent < budget)
 ///     bool protects(std::int64_t position, std::int64_t newest) const;  // a rule of its own, on top
 ///
 /// Everything else is optional and detected:

@@ -6,6 +6,7 @@
 #include <kvevict/error.hpp>
 #include <kvevict/slots.hpp>
 #include <kvevict/storage.hpp>
+#include <limits>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -75,7 +76,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Combine(::testing::Values(Case{4, 4, 16, 3, 9},    // MHA
                                                               Case{6, 2, 32, 5, 40},   // GQA
                                                               Case{8, 1, 64, 1, 300},  // MQA, decode
-                                                              Case{9, 3, 64, 7, 7}),   // SmolLM2's grouping, prefill
+                                                              Case{9, 3, 64, 7, 7},    // SmolLM2's grouping, prefill
+                                                              // chunks of 16 and 70 queries: matrix products
+                                                              Case{6, 2, 32, 16, 40}, Case{9, 3, 64, 70, 200}),
                                             ::testing::Values(Normalization::softmax, Normalization::off_by_one,
                                                               Normalization::sink_logit)));
 
@@ -341,4 +344,62 @@ void expect_key_splits_change_nothing_but_the_order_of_sums() {
 
 TEST(KeySplits, FloatWeightsAreTheSerialOnes) { expect_key_splits_change_nothing_but_the_order_of_sums<float>(); }
 TEST(KeySplits, HalfWeightsAreTheSerialOnes) { expect_key_splits_change_nothing_but_the_order_of_sums<Eigen::half>(); }
+}  // namespace
+
+namespace {
+// A prefill chunk runs both products as matrix products (AttentionOptions::product_queries); a decode step
+// as one dot product per query row. On the same chunk the two differ only by the order of float sums: the
+// same keys masked in every row, weights and outputs within a few roundings. 100 queries (a tile of 64 and
+// one of 36), a freed slot, keys in the chunk's future, free slots past `used`, and key splits over two
+// threads (ranges that end inside a tile of keys).
+template <class Scalar>
+void expect_products_agree_with_rows() {
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  constexpr int kQueries = 100, kGroup = 3, kDim = 64, kSlots = 2600, kUsed = 2590;
+  std::mt19937 rng(17);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  auto random = [&](int rows, int cols) {
+    Rows m(rows, cols);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = Scalar(dist(rng));
+    return m;
+  };
+  const Rows q = random(kQueries, kGroup * kDim + 8), k = random(kSlots, kDim), v = random(kSlots, kDim);
+  std::vector<std::int64_t> key_pos(kSlots, kvevict::kFreeSlot), query_pos(kQueries);
+  for (int j = 0; j < kUsed; ++j) key_pos[std::size_t(j)] = j == 1000 ? kvevict::kFreeSlot : j;
+  for (int t = 0; t < kQueries; ++t) query_pos[std::size_t(t)] = kUsed - kQueries + t;
+  testing_support::TwoThreads threads;
+  for (int splits : {1, 2}) {
+    kvevict::AttentionOptions products, rows;
+    rows.product_queries = std::numeric_limits<int>::max();
+    for (auto* o : {&products, &rows}) {
+      o->key_splits = splits;
+      o->parallel_for = threads.parallel_for();
+    }
+    auto run = [&](const kvevict::AttentionOptions& options, Rows& probs, Rows& logits, Rows& out) {
+      Rows partial(kQueries * kGroup, kDim);
+      kvevict::attend_group(kvevict::GroupAttention<Scalar>{}
+                                .with_queries(q.data(), q.cols(), query_pos.data(), kQueries)
+                                .with_cache(k.data(), v.data(), key_pos.data(), kSlots, kUsed)
+                                .with_heads(kGroup, kDim)
+                                .with_weights(probs.data(), logits.data())
+                                .with_output(out.data(), out.cols())
+                                .with_split_scratch(partial.data()),
+                            options);
+    };
+    Rows p1(kQueries * kGroup, kSlots), p2 = p1, l1 = p1, l2 = p1, o1(kQueries, kGroup * kDim + 4), o2 = o1;
+    run(products, p1, l1, o1);
+    run(rows, p2, l2, o2);
+    const Scalar eps = std::numeric_limits<Scalar>::epsilon();
+    EXPECT_TRUE(((l1.array() == -std::numeric_limits<Scalar>::infinity()) ==
+                 (l2.array() == -std::numeric_limits<Scalar>::infinity()))
+                    .all())
+        << "splits " << splits;
+    EXPECT_LT((p1 - p2).cwiseAbs().maxCoeff(), 64 * eps) << "splits " << splits;
+    EXPECT_LT((o1.leftCols(kGroup * kDim) - o2.leftCols(kGroup * kDim)).cwiseAbs().maxCoeff(), 256 * eps)
+        << "splits " << splits;
+    EXPECT_GT(o1.leftCols(kGroup * kDim).cwiseAbs().maxCoeff(), Scalar(0.01));
+  }
+}
+TEST(ChunkProducts, FloatAgreeWithTheRowKernel) { expect_products_agree_with_rows<float>(); }
+TEST(ChunkProducts, DoubleAgreeWithTheRowKernel) { expect_products_agree_with_rows<double>(); }
 }  // namespace

@@ -49,6 +49,10 @@ struct AttentionOptions {
   /// `parallel_for`, their partial sums merged after. 1 (or no parallel_for): one pass, serial.
   int key_splits = 1;
   ParallelFor parallel_for;
+  /// Query tokens from which a group's two products run as matrix products over tiles of keys (a prefill
+  /// chunk: Eigen's register-blocked kernel) instead of one dot product per query row (a decode step). Float
+  /// and double storage; the two agree to rounding. Larger than any chunk: never.
+  int product_queries = 16;
 
   double scale_for(int head_dim) const { return scale > 0.0 ? scale : 1.0 / std::sqrt(double(head_dim)); }
 };
@@ -63,6 +67,10 @@ inline constexpr int kMinKeysPerSplit = 1024;
 /// (causal). Three passes: logits from K, normalisation in place, weighted sum over V. K and V are walked in
 /// blocks of rows that every query row of the group uses while the block is in cache, so each is read from
 /// memory once per group, not once per query head. Allocates nothing.
+///
+/// Many queries at once (options.product_queries, a prefill chunk) in float or double: both products are
+/// matrix products per query head over tiles of at most 64 queries and 128 keys, whose packed operands stay
+/// on the stack (Eigen's limit, 128 KiB) up to head_dim 512 in float, 256 in double (beyond, Eigen allocates).
 ///
 /// K and V may be stored in a narrower type than the kernel computes in (`Stored` = Eigen::half or
 /// Eigen::bfloat16 with `Scalar` = float): each block is converted once into an L1-resident tile that every
@@ -183,21 +191,59 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
       options.parallel_for(n, TaskRef(task));
   };
 
+  // Masks the keys [j0, j0 + nb) each row must not see; a block that every query sees whole (no free slot, no
+  // key after the first query) is left as it is after one look at its positions.
+  const std::int64_t first_query = a.n_queries > 0 ? *std::min_element(a.query_pos, a.query_pos + a.n_queries) : 0;
+  auto mask = [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
+    const std::int64_t* kp = a.key_pos + j0;
+    if (std::all_of(kp, kp + nb, [&](std::int64_t p) { return p >= 0 && p <= first_query; })) return;
+    for (int r = 0; r < rows; ++r) {
+      Scalar* logit = a.probs + r * cap + j0;
+      const std::int64_t qp = a.query_pos[r / a.group];
+      for (std::ptrdiff_t j = 0; j < nb; ++j)
+        if (kp[j] < 0 || kp[j] > qp) logit[j] = masked;
+    }
+  };
+  // Matrix products: the rows t * group + h of one query head h are a strided matrix of queries, of weights
+  // and of outputs. Tiles of kProductQueries x tile_keys keep Eigen's packed operands within the 128 KiB it
+  // packs on the stack.
+  using Strided = Eigen::OuterStride<>;
+  constexpr std::ptrdiff_t kProductQueries = 64;
+  const bool by_products = a.n_queries >= options.product_queries;
+  const std::ptrdiff_t tile_keys = std::clamp<std::ptrdiff_t>(65536 / (d * std::ptrdiff_t(sizeof(Scalar))), 16, 128);
+  auto for_each_tile = [&](int split, std::ptrdiff_t step, auto&& tile_task) {
+    const std::ptrdiff_t end = std::min(used, (split + 1) * span);
+    for (std::ptrdiff_t j0 = split * span; j0 < end; j0 += step) tile_task(j0, std::min(step, end - j0));
+  };
+  auto rows_from = [](Scalar* first, std::ptrdiff_t t0, std::ptrdiff_t nt, std::ptrdiff_t stride, std::ptrdiff_t cols) {
+    return Eigen::Map<Rows, 0, Strided>(first + t0 * stride, nt, cols, Strided(stride));
+  };
+
   auto logits_of_range = [&](int split) {
-    Tile tile;
-    for (std::ptrdiff_t j0 = split * span; j0 < std::min(used, (split + 1) * span); j0 += block) {
-      const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
-      const Eigen::Map<const Rows> k = rows_of(a.keys, j0, nb, tile.values);
-      for (int r = 0; r < rows; ++r) {
-        Eigen::Map<Column> logit(a.probs + r * cap + j0, nb);
-        logit.noalias() = scale * (k * Eigen::Map<const Column>(query(r), d));
-        const std::int64_t qp = a.query_pos[r / a.group];
-        for (std::ptrdiff_t j = 0; j < nb; ++j) {
-          const std::int64_t kp = a.key_pos[j0 + j];
-          if (kp < 0 || kp > qp) logit[j] = masked;
-        }
+    if constexpr (!converts) {
+      if (by_products) {
+        for_each_tile(split, tile_keys, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
+          const Eigen::Map<const Rows> k(a.keys + j0 * d, nb, d);
+          for (std::ptrdiff_t t0 = 0; t0 < a.n_queries; t0 += kProductQueries) {
+            const std::ptrdiff_t nt = std::min(kProductQueries, a.n_queries - t0);
+            for (int h = 0; h < a.group; ++h) {
+              const Eigen::Map<const Rows, 0, Strided> q(a.queries + t0 * a.query_stride + h * d, nt, d,
+                                                         Strided(a.query_stride));
+              rows_from(a.probs + h * cap + j0, t0, nt, a.group * cap, nb).noalias() = scale * (q * k.transpose());
+            }
+          }
+          mask(j0, nb);
+        });
+        return;
       }
     }
+    Tile tile;
+    for_each_tile(split, block, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
+      const Eigen::Map<const Rows> k = rows_of(a.keys, j0, nb, tile.values);
+      for (int r = 0; r < rows; ++r)
+        Eigen::Map<Column>(a.probs + r * cap + j0, nb).noalias() = scale * (k * Eigen::Map<const Column>(query(r), d));
+      mask(j0, nb);
+    });
   };
   run(splits, logits_of_range);
 
@@ -217,14 +263,29 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
     return split == 0 ? output(r) : a.partial_out + (std::ptrdiff_t(split - 1) * rows + r) * d;
   };
   auto values_of_range = [&](int split) {
-    Tile tile;
     for (int r = 0; r < rows; ++r) Eigen::Map<Row>(destination(split, r), d).setZero();
-    for (std::ptrdiff_t j0 = split * span; j0 < std::min(used, (split + 1) * span); j0 += block) {
-      const std::ptrdiff_t nb = std::min<std::ptrdiff_t>(block, used - j0);
+    if constexpr (!converts) {
+      if (by_products) {
+        Scalar* out = split == 0 ? a.out : destination(split, 0);
+        const std::ptrdiff_t out_stride = split == 0 ? a.out_stride : a.group * d;
+        for_each_tile(split, tile_keys, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
+          const Eigen::Map<const Rows> v(a.values + j0 * d, nb, d);
+          for (std::ptrdiff_t t0 = 0; t0 < a.n_queries; t0 += kProductQueries) {
+            const std::ptrdiff_t nt = std::min(kProductQueries, a.n_queries - t0);
+            for (int h = 0; h < a.group; ++h)
+              rows_from(out + h * d, t0, nt, out_stride, d).noalias() +=
+                  rows_from(a.probs + h * cap + j0, t0, nt, a.group * cap, nb) * v;
+          }
+        });
+        return;
+      }
+    }
+    Tile tile;
+    for_each_tile(split, block, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
       const Eigen::Map<const Rows> v = rows_of(a.values, j0, nb, tile.values);
       for (int r = 0; r < rows; ++r)
         Eigen::Map<Row>(destination(split, r), d).noalias() += Eigen::Map<const Row>(a.probs + r * cap + j0, nb) * v;
-    }
+    });
   };
   run(splits, values_of_range);
   for (int split = 1; split < splits; ++split)

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// The decode attention kernel beside its two yardsticks, in one binary so that every ratio comes from one run:
+// The decode attention kernel beside its two yardsticks, in one binary so that every ratio comes from one run
+// (and a prefill chunk through the kernel's two paths):
 //   BM_ReadOnlyPass<S>  reads the same K and V bytes once: the memory floor of any decode attention over them;
 //   BM_FmaPeak          independent FMAs at the kernel's vector width: this core's FMA rate, from which the
 //                       arithmetic floor of the kernel's 2 * n * group * head_dim FMAs per step follows.
@@ -8,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -85,6 +87,34 @@ void BM_AttentionKernelTwoThreads(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * t.bytes());
 }
 
+/// A prefill chunk of `queries` tokens of one GQA group, the newest of n keys (causal within the chunk),
+/// through the matrix products (products = 1: AttentionOptions::product_queries) or one dot product per query
+/// row (0), for the products' speed-up in one run. Counter: the FMAs of both products, as for a decode step.
+void BM_AttentionChunk(benchmark::State& state) {
+  using Rows = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int n = static_cast<int>(state.range(0)), d = static_cast<int>(state.range(1));
+  const int group = static_cast<int>(state.range(2)), queries = static_cast<int>(state.range(3));
+  const Rows k = Rows::Random(n, d), v = Rows::Random(n, d), q = Rows::Random(queries, group * d);
+  Rows out(queries, group * d), probs(queries * group, n);
+  std::vector<std::int64_t> key_pos(std::size_t(n), 0), query_pos(std::size_t(queries), 0);
+  for (int j = 0; j < n; ++j) key_pos[std::size_t(j)] = j;
+  for (int t = 0; t < queries; ++t) query_pos[std::size_t(t)] = n - queries + t;
+  kvevict::AttentionOptions options;
+  if (state.range(4) == 0) options.product_queries = std::numeric_limits<int>::max();
+  const auto g = kvevict::GroupAttention<float>{}
+                     .with_queries(q.data(), q.cols(), query_pos.data(), queries)
+                     .with_cache(k.data(), v.data(), key_pos.data(), n)
+                     .with_heads(group, d)
+                     .with_weights(probs.data())
+                     .with_output(out.data(), out.cols());
+  for (auto _ : state) {
+    kvevict::attend_group(g, options);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["fma"] =
+      benchmark::Counter(2.0 * double(n) * group * d * queries, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 /// Reads the K and V bytes once, as 64-bit words summed: what the kernel must at least pay to read them.
 template <class Storage>
 void BM_ReadOnlyPass(benchmark::State& state) {
@@ -127,6 +157,13 @@ void kernel_sizes(benchmark::internal::Benchmark* b) {
       for (int n = 256; n <= 262144; n *= 4) b->Args({n, d, group});
 }
 
+void chunk_sizes(benchmark::internal::Benchmark* b) {
+  for (int d : {64, 128})
+    for (int queries : {16, 64})
+      for (int n : {512, 4096})
+        for (int products : {0, 1}) b->Args({n, d, 3, queries, products});
+}
+
 void pass_sizes(benchmark::internal::Benchmark* b) {
   for (int d : {64, 128})
     for (int n = 256; n <= 262144; n *= 4) b->Args({n, d});
@@ -141,6 +178,7 @@ void split_sizes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK_TEMPLATE(BM_AttentionKernelTwoThreads, float)->Apply(split_sizes);
 BENCHMARK_TEMPLATE(BM_AttentionKernelTwoThreads, Eigen::half)->Apply(split_sizes);
+BENCHMARK(BM_AttentionChunk)->Apply(chunk_sizes);
 BENCHMARK_TEMPLATE(BM_ReadOnlyPass, float)->Apply(pass_sizes);
 BENCHMARK_TEMPLATE(BM_ReadOnlyPass, Eigen::half)->Apply(pass_sizes);
 BENCHMARK_TEMPLATE(BM_ReadOnlyPass, Eigen::bfloat16)->Apply(pass_sizes);

@@ -7,7 +7,8 @@
 Memory share: the kernel's bytes per second over the read-only pass's over the same K/V bytes (same storage
 type, tokens and head_dim). Arithmetic share: the kernel's FMAs per second (2 * n * group * head_dim per step)
 over this core's FMA rate (BM_FmaPeak). Also the 16-bit speed-up (float's time over each 16-bit type's) and
-the speed-up of a second thread (BM_AttentionKernelTwoThreads).
+the speed-up of a second thread (BM_AttentionKernelTwoThreads), and a prefill chunk's two paths
+(BM_AttentionChunk).
 """
 import json
 import sys
@@ -17,13 +18,17 @@ TYPES = [("float", "f32"), ("Eigen::half", "f16"), ("Eigen::bfloat16", "bf16")]
 
 def main(path):
     runs = json.load(open(path))["benchmarks"]
-    kernel, passes, two, peak = {}, {}, {}, None
+    kernel, passes, two, chunk, peak = {}, {}, {}, {}, None
     for r in runs:
         name = r["name"]
         if name == "BM_FmaPeak":
             peak = r["fma"]
             continue
         head, *args = name.split("/")
+        if head == "BM_AttentionChunk":
+            n, d, group, queries, products = map(int, args[:5])
+            chunk[(d, group, queries, n, products)] = r
+            continue
         kind, storage = head.rstrip(">").split("<")
         if kind == "BM_AttentionKernel":
             n, d, group = map(int, args[:3])
@@ -59,6 +64,21 @@ def main(path):
             t1 = kernel[(storage, n, d, group)]["real_time"]
             short = dict(TYPES)[storage]
             print(f"| {short} | {d} | {group} | {n // 1024}K | {t1 / 1e3:.0f} | {t2 / 1e3:.0f} | {t1 / t2:.2f} |")
+
+    if chunk:
+        print("\nA prefill chunk (queries of one group, the newest of n keys): one dot product per query row against")
+        print("the matrix products; arithmetic share of each:\n")
+        print("| head_dim | group | queries | n | rows us (arith) | products us (arith) | speed-up |")
+        print("|---|---|---|---|---|---|---|")
+        for d, group, queries, n, products in sorted(chunk):
+            if products:
+                continue
+            by_rows, by_products = chunk[(d, group, queries, n, 0)], chunk[(d, group, queries, n, 1)]
+            cells = [str(d), str(group), str(queries), str(n)]
+            for r in (by_rows, by_products):
+                cells.append(f"{r['real_time'] / 1e3:.1f} ({100 * r['fma'] / peak:.0f}%)")
+            cells.append(f"{by_rows['real_time'] / by_products['real_time']:.2f}")
+            print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

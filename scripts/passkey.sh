@@ -5,7 +5,7 @@
 #   A: prompt compression, the question read after the compression (question-agnostic), 512 and 1024 tokens
 #   R: budgets as shares of the prompt (10% and 25%), compression, 512-2048 tokens
 #   S: streaming (evicting as the prompt arrives), fewer cells: 512 and 1024 tokens, depths 0, 50, 100, 5 numbers
-#   report: heatmaps into docs/, tables on stdout
+#   report: heatmaps into docs/ (docs/passkey_shares_* for R), tables on stdout
 # Writes build/passkey/. Usage: scripts/passkey.sh [C|A|R|S|report]...   (default: C A R S report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,12 @@ for step in "${@:-C A R S report}"; do
       A) passkey compress_after --mode compress --question after --contexts 512,1024 --budgets 128,512 ;;
       R) passkey shares --mode compress --contexts 512,1024,2048 --budgets 10%,25% ;;
       S) passkey stream --mode stream --contexts 512,1024 --depths 0,50,100 --keys 5 --budgets 128,512 ;;
-      report) "$python" scripts/passkey_report.py docs/passkey build/passkey/*.csv ;;
+      report)  # the shares (R) get figures of their own: the same mode as C, other budgets
+        mapfile -t grids < <(find build/passkey -name '*.csv' ! -name shares.csv | sort)
+        [ ${#grids[@]} -eq 0 ] || "$python" scripts/passkey_report.py docs/passkey "${grids[@]}"
+        if [ -f build/passkey/shares.csv ]; then
+          "$python" scripts/passkey_report.py docs/passkey_shares build/passkey/shares.csv
+        fi ;;
       *) echo "unknown step $s (C, A, R, S or report)" >&2; exit 2 ;;
     esac
   done

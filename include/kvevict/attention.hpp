@@ -218,20 +218,21 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
   auto rows_from = [](Scalar* first, std::ptrdiff_t t0, std::ptrdiff_t nt, std::ptrdiff_t stride, std::ptrdiff_t cols) {
     return Eigen::Map<Rows, 0, Strided>(first + t0 * stride, nt, cols, Strided(stride));
   };
+  auto for_each_head_tile = [&](auto&& head_task) {  // head_task(h, t0, nt): queries [t0, t0 + nt) of head h
+    for (std::ptrdiff_t t0 = 0; t0 < a.n_queries; t0 += kProductQueries)
+      for (int h = 0; h < a.group; ++h) head_task(h, t0, std::min(kProductQueries, a.n_queries - t0));
+  };
 
   auto logits_of_range = [&](int split) {
     if constexpr (!converts) {
       if (by_products) {
         for_each_tile(split, tile_keys, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
           const Eigen::Map<const Rows> k(a.keys + j0 * d, nb, d);
-          for (std::ptrdiff_t t0 = 0; t0 < a.n_queries; t0 += kProductQueries) {
-            const std::ptrdiff_t nt = std::min(kProductQueries, a.n_queries - t0);
-            for (int h = 0; h < a.group; ++h) {
-              const Eigen::Map<const Rows, 0, Strided> q(a.queries + t0 * a.query_stride + h * d, nt, d,
-                                                         Strided(a.query_stride));
-              rows_from(a.probs + h * cap + j0, t0, nt, a.group * cap, nb).noalias() = scale * (q * k.transpose());
-            }
-          }
+          for_each_head_tile([&](int h, std::ptrdiff_t t0, std::ptrdiff_t nt) {
+            const Eigen::Map<const Rows, 0, Strided> q(a.queries + t0 * a.query_stride + h * d, nt, d,
+                                                       Strided(a.query_stride));
+            rows_from(a.probs + h * cap + j0, t0, nt, a.group * cap, nb).noalias() = scale * (q * k.transpose());
+          });
           mask(j0, nb);
         });
         return;
@@ -270,12 +271,10 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
         const std::ptrdiff_t out_stride = split == 0 ? a.out_stride : a.group * d;
         for_each_tile(split, tile_keys, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
           const Eigen::Map<const Rows> v(a.values + j0 * d, nb, d);
-          for (std::ptrdiff_t t0 = 0; t0 < a.n_queries; t0 += kProductQueries) {
-            const std::ptrdiff_t nt = std::min(kProductQueries, a.n_queries - t0);
-            for (int h = 0; h < a.group; ++h)
-              rows_from(out + h * d, t0, nt, out_stride, d).noalias() +=
-                  rows_from(a.probs + h * cap + j0, t0, nt, a.group * cap, nb) * v;
-          }
+          for_each_head_tile([&](int h, std::ptrdiff_t t0, std::ptrdiff_t nt) {
+            rows_from(out + h * d, t0, nt, out_stride, d).noalias() +=
+                rows_from(a.probs + h * cap + j0, t0, nt, a.group * cap, nb) * v;
+          });
         });
         return;
       }

@@ -75,6 +75,7 @@ struct AhaKV {
     prior_.assign(std::size_t(context.capacity), 1.0);
     row_.assign(std::size_t(context.capacity), 0.0f);
     folded_.assign(std::size_t(context.capacity), 0.0f);
+    max_prior_ = 1.0;  // Evictor::clear() starts afresh: no scale left from before
   }
 
   /// lambda_i for a query at position i - 1, clamped as documented above.

@@ -399,10 +399,7 @@ TEST(L2Norm, KeepsExactlyTheLowestNormKeysAndItsProtectedTokens) {
 
 TEST(L2Norm, SkippedLayersAreNotCompressed) {
   const kvevict::Shape shape{3, 2, 1, 8, 6};
-  kvevict::L2Norm policy;
-  policy.skip_layers = {0, 2};
-  policy.uncompressed_budget = 40;
-  kvevict::L2NormCache cache(shape, policy);
+  kvevict::KVCache<float, kvevict::SkipLayers<kvevict::L2Norm>> cache(shape, {{}, {0, 2}, 40});
   const testing_support::Stream<float> stream(shape, 40, 32);
   MatrixF out(1, 16);
   for (int t = 0; t < 40; ++t)
@@ -412,6 +409,12 @@ TEST(L2Norm, SkippedLayersAreNotCompressed) {
   EXPECT_EQ(cache.size(0, 0), 40);
   EXPECT_EQ(cache.size(1, 0), 6);
   EXPECT_EQ(cache.size(2, 0), 40);
+  // Over a per-layer schedule, the layers not skipped keep the schedule's budget.
+  kvevict::KVCache<float, kvevict::SkipLayers<kvevict::Pyramid<kvevict::H2O>>> pyramid(shape, {{}, {1}, 40});
+  EXPECT_EQ(pyramid.head(0, 0).context().budget, kvevict::pyramid_budget(0, 3, 6));
+  EXPECT_EQ(pyramid.head(1, 0).context().budget, 40);
+  EXPECT_EQ(pyramid.head(2, 0).context().budget, kvevict::pyramid_budget(2, 3, 6));
+  EXPECT_NE(pyramid.head(0, 0).context().budget, pyramid.head(2, 0).context().budget);
 }
 
 TEST(L2Norm, EqualNormsEvictTheOlderToken) {
@@ -660,10 +663,8 @@ TEST(ScorePolicies, BadParametersAreNamed) {
             std::string::npos);
   const std::string h2o_error = error_of([&] { kvevict::H2OCache c(shape, h2o(8)); });
   EXPECT_NE(h2o_error.find("recent: expected in [0, budget = 8), got 8"), std::string::npos) << h2o_error;
-  kvevict::L2Norm l2;
-  l2.skip_layers = {0, 5};
-  l2.uncompressed_budget = 16;
-  const std::string skip = error_of([&] { kvevict::L2NormCache c(shape, l2); });
+  using SkipL2 = kvevict::KVCache<float, kvevict::SkipLayers<kvevict::L2Norm>>;
+  const std::string skip = error_of([&] { SkipL2 c(shape, {{}, {0, 5}, 16}); });
   EXPECT_NE(skip.find("skip_layers: expected layer indices in [0, n_layers = 2), got 5"), std::string::npos) << skip;
   kvevict::L2Norm crowded;
   crowded.recent = 5;
@@ -671,9 +672,7 @@ TEST(ScorePolicies, BadParametersAreNamed) {
       error_of([&] { kvevict::KVCache<float, kvevict::Protected<kvevict::L2Norm>> c(shape, with_sinks(crowded, 4)); });
   EXPECT_NE(budget.find("sinks + recent: expected <= budget = 8"), std::string::npos) << budget;
   EXPECT_NE(budget.find("got 9"), std::string::npos) << budget;
-  kvevict::L2Norm unsized;
-  unsized.skip_layers = {0};
-  const std::string size = error_of([&] { kvevict::L2NormCache c(shape, unsized); });
+  const std::string size = error_of([&] { SkipL2 c(shape, {{}, {0}, 0}); });
   EXPECT_NE(size.find("uncompressed_budget: expected >= budget = 8"), std::string::npos) << size;
   kvevict::AhaKV wide;
   wide.recent = 8;

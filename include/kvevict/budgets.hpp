@@ -7,6 +7,7 @@
 ///
 ///     kvevict::KVCache<float, kvevict::Pyramid<kvevict::H2O>> a(shape);        // PyramidKV over H2O scores
 ///     kvevict::KVCache<float, kvevict::AdaptiveHeads<kvevict::AhaKV>> b(shape); // AdaKV over AhaKV scores
+///     kvevict::KVCache<float, kvevict::SkipLayers<kvevict::L2Norm>> c(shape, {l2, {0, 1}, 4096});
 ///
 /// Pyramid: "PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling", Cai et al.,
 /// arXiv 2406.02069. Lower layers spread their attention wide and upper layers focus it, so the budget
@@ -23,10 +24,16 @@
 /// (attention-based scores are: every head's weights sum to one per query). Each head can grow to
 /// n_kv_heads x budget - (n_kv_heads - 1) x floor tokens, and its slots are sized for that. Cost per step:
 /// one lowest-score pass per head, then one per evicted token over the head that gave it up.
+///
+/// SkipLayers: some layers are not compressed (the L2 norm paper, Devoto et al., arXiv 2406.11430, leaves
+/// layers 0 and 1 alone; kvpress does the same for any press): those hold up to `uncompressed_budget`
+/// tokens and evict only beyond it, the others keep the policy's budget. Cost: none per step.
 
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "error.hpp"
 #include "policy.hpp"
@@ -87,6 +94,32 @@ struct AdaptiveHeads : Policy {
   int head_floor(int budget) const {
     KVEVICT_REQUIRE(floor >= 0.0 && floor <= 1.0, "floor", "in [0, 1] (a fraction of the budget)", floor);
     return static_cast<int>(std::ceil(floor * budget));
+  }
+};
+
+/// `Policy` with `skip_layers` not compressed: they get uncompressed_budget (set it to the longest sequence);
+/// the other layers keep the policy's own budget (its layer_budget, when it has one).
+template <class Policy>
+struct SkipLayers : Policy {
+  KVEVICT_CHECK_POLICY(Policy);
+
+  std::vector<int> skip_layers;  ///< layers not compressed
+  int uncompressed_budget = 0;   ///< tokens a skipped layer holds
+
+  SkipLayers() = default;
+  SkipLayers(const Policy& policy, std::vector<int> layers, int uncompressed)
+      : Policy(policy), skip_layers(std::move(layers)), uncompressed_budget(uncompressed) {}
+
+  /// @throws InvalidArgument for a skipped layer outside [0, n_layers), or uncompressed_budget below budget.
+  int layer_budget(int layer, int n_layers, int budget) const {
+    for (int skipped : skip_layers)
+      KVEVICT_REQUIRE(skipped >= 0 && skipped < n_layers, "skip_layers",
+                      "layer indices in [0, n_layers = " + std::to_string(n_layers) + ")", skipped);
+    const int compressed = policy_traits<Policy>::layer_budget(*this, layer, n_layers, budget);
+    if (std::find(skip_layers.begin(), skip_layers.end(), layer) == skip_layers.end()) return compressed;
+    KVEVICT_REQUIRE(uncompressed_budget >= budget, "uncompressed_budget",
+                    ">= budget = " + std::to_string(budget) + " when skip_layers is set", uncompressed_budget);
+    return uncompressed_budget;
   }
 };
 

@@ -24,8 +24,12 @@ template <class Scalar>
 using RowMatrixOf = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using RowMatrix = RowMatrixOf<float>;
 
+/// Python's L2Norm carries the paper's uncompressed layers (none by default).
+using L2NormPy = SkipLayers<L2Norm>;
+
 /// The library's policies as Python builds them; compositions wrap one of these.
-using BasePolicy = std::variant<Dense, Window, StreamingLLM, SlidingWindowRecompute, H2O, AhaKV, L2Norm, SnapKV, TOVA>;
+using BasePolicy =
+    std::variant<Dense, Window, StreamingLLM, SlidingWindowRecompute, H2O, AhaKV, L2NormPy, SnapKV, TOVA>;
 
 /// A composition of the library over a base policy: kvevict.Protected, .Pyramid, .AdaptiveHeads, .CachePositions.
 struct Composed {
@@ -54,7 +58,7 @@ const char* name_of() {
   if constexpr (std::is_same_v<P, SlidingWindowRecompute>) return "SlidingWindowRecompute";
   if constexpr (std::is_same_v<P, H2O>) return "H2O";
   if constexpr (std::is_same_v<P, AhaKV>) return "AhaKV";
-  if constexpr (std::is_same_v<P, L2Norm>) return "L2Norm";
+  if constexpr (std::is_same_v<P, L2NormPy>) return "L2Norm";
   if constexpr (std::is_same_v<P, SnapKV>) return "SnapKV";
   if constexpr (std::is_same_v<P, TOVA>) return "TOVA";
 }

@@ -186,7 +186,7 @@ std::optional<BasePolicy> base_of(nb::handle h) {
   if (nb::isinstance<StreamingLLM>(h)) return BasePolicy(nb::cast<StreamingLLM>(h));
   if (nb::isinstance<H2O>(h)) return BasePolicy(nb::cast<H2O>(h));
   if (nb::isinstance<AhaKV>(h)) return BasePolicy(nb::cast<AhaKV>(h));
-  if (nb::isinstance<L2Norm>(h)) return BasePolicy(nb::cast<L2Norm>(h));
+  if (nb::isinstance<L2NormPy>(h)) return BasePolicy(nb::cast<L2NormPy>(h));
   if (nb::isinstance<SnapKV>(h)) return BasePolicy(nb::cast<SnapKV>(h));
   if (nb::isinstance<TOVA>(h)) return BasePolicy(nb::cast<TOVA>(h));
   return std::nullopt;
@@ -567,19 +567,20 @@ NB_MODULE(_kvevict, m) {
       .def_rw("recent_accumulation", &AhaKV::recent_accumulation)
       .def_rw("step_gain", &AhaKV::step_gain)
       .def_rw("value_prior", &AhaKV::value_prior);
-  nb::class_<L2Norm>(m, "L2Norm", "Keep the lowest-norm keys (Devoto et al., 2406.11430).")
+  nb::class_<L2NormPy>(m, "L2Norm",
+                       "Keep the lowest-norm keys (Devoto et al., 2406.11430); `skip_layers` are not compressed.")
       .def(
           "__init__",
-          [](L2Norm* p, int recent, std::vector<int> skip_layers, int uncompressed_budget) {
-            new (p) L2Norm();
-            p->recent = recent;
-            p->skip_layers = std::move(skip_layers);
-            p->uncompressed_budget = uncompressed_budget;
+          [](L2NormPy* p, int recent, std::vector<int> skip_layers, int uncompressed_budget) {
+            L2Norm l2;
+            l2.recent = recent;
+            new (p) L2NormPy(l2, std::move(skip_layers), uncompressed_budget);
           },
           "recent"_a = 1, "skip_layers"_a = std::vector<int>{}, "uncompressed_budget"_a = 0)
-      .def_rw("recent", &L2Norm::recent)
-      .def_rw("skip_layers", &L2Norm::skip_layers)
-      .def_rw("uncompressed_budget", &L2Norm::uncompressed_budget);
+      .def_prop_rw(
+          "recent", [](const L2NormPy& p) { return p.recent; }, [](L2NormPy& p, int recent) { p.recent = recent; })
+      .def_rw("skip_layers", &L2NormPy::skip_layers)
+      .def_rw("uncompressed_budget", &L2NormPy::uncompressed_budget);
   nb::class_<SnapKV>(m, "SnapKV", "Votes of the last `window` queries, pooled over neighbours (Li et al., 2404.14469).")
       .def(
           "__init__",

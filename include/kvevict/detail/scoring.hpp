@@ -16,35 +16,57 @@ namespace kvevict::detail {
 /// How the query heads of a GQA group are folded into their kv head's score.
 enum class GroupReduce { mean, sum, max };
 
-/// Adds, for every slot, the attention weight it received from each query token of the view, reduced over
-/// the group's heads, to `score[slot]`; counts in `seen` (unless null) the query tokens that saw each token.
-/// Masked and free slots have weight exactly 0, so whole rows are added without looking at positions.
-/// O(n_queries x group x capacity): the order of the attention itself, vectorised.
-template <class Scalar>
-void accumulate(const AttentionView<Scalar>& a, GroupReduce reduce, double* score, std::int64_t* seen) {
-  const int cap = a.slots.capacity;
-  Eigen::Map<Eigen::ArrayXd> total(score, cap);
-  auto row = [&](int r) {
-    return Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(a.probs + std::ptrdiff_t(r) * cap, cap);
-  };
-  for (int t = 0; t < a.n_queries; ++t) {
-    if (reduce == GroupReduce::max) {
-      for (int s = 0; s < cap; ++s) {
-        Scalar m = 0;  // weights are >= 0
-        for (int h = 0; h < a.group; ++h) m = std::max(m, a.prob(t * a.group + h, s));
-        total[s] += double(m);
+/// Per slot, the attention a token has received from every query since it arrived (H2O's accumulated
+/// score), the group's query heads reduced into their kv head, and the number of queries that saw it (for
+/// kvpress's ObservedAttention, the mean). Masked and free slots have weight exactly 0, so whole rows are
+/// added without looking at positions. add() costs O(n_queries x group x capacity): the order of the
+/// attention itself, vectorised.
+class AttentionTotals {
+ public:
+  void reset(int capacity) {
+    total_.assign(std::size_t(capacity), 0.0);
+    seen_.assign(std::size_t(capacity), 0);
+  }
+  /// A new token in `slot`: no query has seen it yet.
+  void forget(int slot) noexcept {
+    total_[std::size_t(slot)] = 0.0;
+    seen_[std::size_t(slot)] = 0;
+  }
+  template <class Scalar>
+  void add(const AttentionView<Scalar>& a, GroupReduce reduce) noexcept {
+    const int cap = a.slots.capacity;
+    Eigen::Map<Eigen::ArrayXd> total(total_.data(), cap);
+    auto row = [&](int r) {
+      return Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(a.probs + std::ptrdiff_t(r) * cap, cap);
+    };
+    for (int t = 0; t < a.n_queries; ++t) {
+      if (reduce == GroupReduce::max) {
+        for (int s = 0; s < cap; ++s) {
+          Scalar m = 0;  // weights are >= 0
+          for (int h = 0; h < a.group; ++h) m = std::max(m, a.prob(t * a.group + h, s));
+          total[s] += double(m);
+        }
+      } else {
+        const double factor = reduce == GroupReduce::mean ? 1.0 / a.group : 1.0;
+        for (int h = 0; h < a.group; ++h) total += factor * row(t * a.group + h).template cast<double>();
       }
-    } else {
-      const double factor = reduce == GroupReduce::mean ? 1.0 / a.group : 1.0;
-      for (int h = 0; h < a.group; ++h) total += factor * row(t * a.group + h).template cast<double>();
-    }
-    if (seen)
       for (int s = 0; s < cap; ++s) {
         const std::int64_t p = a.slots.positions[s];
-        seen[s] += p != kFreeSlot && p <= a.query_positions[t];
+        seen_[std::size_t(s)] += p != kFreeSlot && p <= a.query_positions[t];
       }
+    }
   }
-}
+  double total(int slot) const noexcept { return total_[std::size_t(slot)]; }
+  /// The total over the queries that saw the token (0 before any has).
+  double mean(int slot) const noexcept {
+    const auto s = std::size_t(slot);
+    return total_[s] / double(seen_[s] > 0 ? seen_[s] : 1);
+  }
+
+ private:
+  std::vector<double> total_;
+  std::vector<std::int64_t> seen_;
+};
 
 /// Query token t's weights over the slots, the group's query heads averaged into their kv head, in `out`
 /// (capacity floats). `row(r)` gives row r's weights as a float array; by default the weights the model used.

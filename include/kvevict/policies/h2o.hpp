@@ -14,9 +14,6 @@
 /// of queries that saw the token (kvpress's ObservedAttention), which removes the head start of old tokens.
 /// Cost per step: O(queries x group x budget) to accumulate (the order of attention) + O(budget) to select.
 
-#include <cstdint>
-#include <vector>
-
 #include "../detail/scoring.hpp"
 #include "../policy.hpp"
 
@@ -35,27 +32,19 @@ struct H2O {
   Protect protection(const HeadContext& context) const {
     return protect_recent(recent == kHalfBudget ? context.budget / 2 : recent, context);
   }
-  void init(const HeadContext& context) {
-    score_.assign(std::size_t(context.capacity), 0.0);
-    seen_.assign(std::size_t(context.capacity), 0);
-  }
+  void init(const HeadContext& context) { totals_.reset(context.capacity); }
   template <class Scalar>
   void on_append(const TokenView<Scalar>& token) noexcept {
-    score_[std::size_t(token.slot)] = 0.0;
-    seen_[std::size_t(token.slot)] = 0;
+    totals_.forget(token.slot);
   }
   template <class Scalar>
   void observe(const AttentionView<Scalar>& attention) noexcept {
-    detail::accumulate(attention, reduce, score_.data(), seen_.data());
+    totals_.add(attention, reduce);
   }
-  double score(int slot) const noexcept {
-    const auto s = std::size_t(slot);
-    return normalized ? score_[s] / double(seen_[s] > 0 ? seen_[s] : 1) : score_[s];
-  }
+  double score(int slot) const noexcept { return normalized ? totals_.mean(slot) : totals_.total(slot); }
 
  private:
-  std::vector<double> score_;
-  std::vector<std::int64_t> seen_;
+  detail::AttentionTotals totals_;
 };
 
 }  // namespace kvevict

@@ -673,7 +673,14 @@ TEST(ScorePolicies, BadParametersAreNamed) {
   EXPECT_NE(budget.find("sinks + recent: expected <= budget = 8"), std::string::npos) << budget;
   EXPECT_NE(budget.find("got 9"), std::string::npos) << budget;
   const std::string size = error_of([&] { SkipL2 c(shape, {{}, {0}, 0}); });
-  EXPECT_NE(size.find("uncompressed_budget: expected >= budget = 8"), std::string::npos) << size;
+  EXPECT_NE(size.find("uncompressed_budget: expected >= the skipped layer's compressed budget = 8"), std::string::npos)
+      << size;
+  // Under a schedule, the bound is the layer's own budget: PyramidKV gives layer 0 of 2 more than 8.
+  const std::string pyramid = error_of([&] {
+    kvevict::KVCache<float, kvevict::SkipLayers<kvevict::Pyramid<kvevict::H2O>>> c(shape, {{}, {0}, 10});
+  });
+  EXPECT_NE(pyramid.find("compressed budget = " + std::to_string(kvevict::pyramid_budget(0, 2, 8))), std::string::npos)
+      << pyramid;
   kvevict::AhaKV wide;
   wide.recent = 8;
   EXPECT_NE(error_of([&] { kvevict::AhaKVCache c(shape, wide); }).find("recent"), std::string::npos);

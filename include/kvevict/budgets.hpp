@@ -7,7 +7,7 @@
 ///
 ///     kvevict::KVCache<float, kvevict::Pyramid<kvevict::H2O>> a(shape);        // PyramidKV over H2O scores
 ///     kvevict::KVCache<float, kvevict::AdaptiveHeads<kvevict::AhaKV>> b(shape); // AdaKV over AhaKV scores
-///     kvevict::KVCache<float, kvevict::SkipLayers<kvevict::L2Norm>> c(shape, {l2, {0, 1}, 4096});
+///     kvevict::KVCache<float, kvevict::SkipLayers<kvevict::L2Norm>> c(shape, {{}, {0, 1}, 4096});
 ///
 /// Pyramid: "PyramidKV: Dynamic KV Cache Compression based on Pyramidal Information Funneling", Cai et al.,
 /// arXiv 2406.02069. Lower layers spread their attention wide and upper layers focus it, so the budget
@@ -27,7 +27,10 @@
 ///
 /// SkipLayers: some layers are not compressed (the L2 norm paper, Devoto et al., arXiv 2406.11430, leaves
 /// layers 0 and 1 alone; kvpress does the same for any press): those hold up to `uncompressed_budget`
-/// tokens and evict only beyond it, the others keep the policy's budget. Cost: none per step.
+/// tokens and evict only beyond it, the others keep the policy's budget. It goes outside a schedule,
+/// `SkipLayers<Pyramid<P>>` (Pyramid refuses a policy with layer budgets of its own). Under AdaptiveHeads a
+/// skipped layer's heads are sized to share n_kv_heads x uncompressed_budget, as every layer's are. Cost:
+/// none per step.
 
 #include <algorithm>
 #include <cmath>
@@ -66,6 +69,9 @@ inline int pyramid_budget(int layer, int n_layers, int budget, double beta = 20.
 template <class Policy>
 struct Pyramid : Policy {
   KVEVICT_CHECK_POLICY(Policy);
+  static_assert(!detail::has_layer_budget<Policy>::value,
+                "kvevict: Pyramid replaces its policy's layer budgets: put SkipLayers (or another schedule) outside, "
+                "SkipLayers<Pyramid<P>>");
 
   double beta = 20.0;  ///< the bottom layer holds (2 beta - 1) times the top layer's budget
 
@@ -110,15 +116,16 @@ struct SkipLayers : Policy {
   SkipLayers(const Policy& policy, std::vector<int> layers, int uncompressed)
       : Policy(policy), skip_layers(std::move(layers)), uncompressed_budget(uncompressed) {}
 
-  /// @throws InvalidArgument for a skipped layer outside [0, n_layers), or uncompressed_budget below budget.
+  /// @throws InvalidArgument for a skipped layer outside [0, n_layers), or an uncompressed_budget below the
+  /// budget the layer would have compressed.
   int layer_budget(int layer, int n_layers, int budget) const {
     for (int skipped : skip_layers)
       KVEVICT_REQUIRE(skipped >= 0 && skipped < n_layers, "skip_layers",
                       "layer indices in [0, n_layers = " + std::to_string(n_layers) + ")", skipped);
     const int compressed = policy_traits<Policy>::layer_budget(*this, layer, n_layers, budget);
     if (std::find(skip_layers.begin(), skip_layers.end(), layer) == skip_layers.end()) return compressed;
-    KVEVICT_REQUIRE(uncompressed_budget >= budget, "uncompressed_budget",
-                    ">= budget = " + std::to_string(budget) + " when skip_layers is set", uncompressed_budget);
+    KVEVICT_REQUIRE(uncompressed_budget >= compressed, "uncompressed_budget",
+                    ">= the skipped layer's compressed budget = " + std::to_string(compressed), uncompressed_budget);
     return uncompressed_budget;
   }
 };

@@ -76,7 +76,7 @@ class KVCache {
   explicit KVCache(const Shape& shape, const Policy& policy = Policy{}, const CacheOptions& options = {})
       : shape_(validated(shape, options)), options_(options) {
     const int group = shape_.group_size();
-    std::vector<int> budgets;  // per layer: a policy may give some layers their own (a schedule, L2's skipped layers)
+    std::vector<int> budgets;  // per layer: a policy may give some layers their own (a schedule, SkipLayers)
     for (int layer = 0; layer < shape_.n_layers; ++layer) {
       budgets.push_back(policy_traits<Policy>::layer_budget(policy, layer, shape_.n_layers, shape_.budget));
       KVEVICT_REQUIRE(budgets.back() > 0 && budgets.back() <= kMaxTokensPerHead, "layer_budget",

@@ -97,8 +97,13 @@ auto with_policy(const PolicySpec& spec, bool for_evictor, Make&& make) {
             if constexpr (kCanProtect<P>) return make(Protected<P>(p, c.extra));
             return refuse("Protected");
           case Composed::Kind::pyramid:
-            if constexpr (kCanPyramid<P>)
+            if constexpr (std::is_same_v<P, L2NormPy>) {  // the skipped layers stay outside the schedule
+              if (!for_evictor)
+                return make(
+                    SkipLayers<Pyramid<L2Norm>>(Pyramid<L2Norm>(p, c.beta), p.skip_layers, p.uncompressed_budget));
+            } else if constexpr (kCanPyramid<P>) {
               if (!for_evictor) return make(Pyramid<P>(p, c.beta));
+            }
             return refuse(for_evictor ? "Pyramid (a per-layer schedule, for Cache only)" : "Pyramid");
           case Composed::Kind::adaptive_heads:
             if constexpr (kCanShareHeads<P>)

@@ -194,3 +194,20 @@ def test_output_repair_is_the_shrunk_least_squares(rng):
 def test_recompute_range():
     assert kv.SlidingWindowRecompute.recompute_range(5, 8) == (0, 0)
     assert kv.SlidingWindowRecompute.recompute_range(20, 8) == (12, 20)
+
+
+def test_skipped_layers_are_not_compressed(rng):
+    """L2Norm's skip_layers hold every token up to uncompressed_budget, alone and under Pyramid (whose
+    schedule sets the other layers' budgets)."""
+    d, budget, n, layers = 8, 6, 40, 3
+    shape = kv.Shape(n_layers=layers, n_q_heads=1, n_kv_heads=1, head_dim=d, budget=budget)
+    for policy in (kv.L2Norm(skip_layers=[1], uncompressed_budget=n),
+                   kv.Pyramid(kv.L2Norm(skip_layers=[1], uncompressed_budget=n))):
+        cache = kv.Cache(shape, policy)
+        for _ in range(n):
+            for layer in range(layers):
+                q, k, v = (rng.standard_normal((1, d)).astype(np.float32) for _ in range(3))
+                cache.forward(layer, q, k, v)
+        held = [len(cache.positions(layer, 0)) for layer in range(layers)]
+        assert held[1] == n, (policy, held)
+        assert held[0] < n and held[2] < n, (policy, held)

@@ -10,8 +10,8 @@
 /// evicts the highest: the score is -||k||_2. The norm is taken once when a token arrives; RoPE is a
 /// rotation and leaves it as it is. No attention weights are needed, so the policy works with fused
 /// kernels that never form them. The last `recent` tokens (default 1: the newest) are always kept (add
-/// sinks with `with_sinks`). The paper leaves layers 0 and 1 uncompressed: `SkipLayers<L2Norm>`
-/// (budgets.hpp) does that, for this policy or any other.
+/// sinks with `with_sinks`). The paper leaves layers 0 and 1 uncompressed:
+/// `SkipLayers<L2Norm>(l2, {0, 1}, longest)` (budgets.hpp) does that, for this policy or any other.
 /// Cost per step: O(head_dim) per new token for its norm, O(budget) to select.
 
 #include <cmath>

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <kvevict/attention.hpp>
 #include <kvevict/error.hpp>
@@ -403,3 +405,73 @@ void expect_products_agree_with_rows() {
 TEST(ChunkProducts, FloatAgreeWithTheRowKernel) { expect_products_agree_with_rows<float>(); }
 TEST(ChunkProducts, DoubleAgreeWithTheRowKernel) { expect_products_agree_with_rows<double>(); }
 }  // namespace
+
+namespace {
+// The decode step's block products (sixteen keys at once with AVX-512 where the build targets it, Eigen's
+// elsewhere) against sums in double, over block lengths around the sixteen-key groups and head dims on and
+// off the sixteen-float chunks. Tolerance: a float sum of d products rounds by at most about d eps of the
+// sum of the products' magnitudes; 4 x that.
+template <class Scalar>
+void expect_block_products_match_double_sums() {
+  std::mt19937 rng(5);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  const double eps = std::numeric_limits<Scalar>::epsilon();
+  for (int d : {8, 16, 48, 64, 100, 128, 144}) {
+    for (int nb : {1, 2, 15, 16, 17, 31, 32}) {
+      const auto rows_n = static_cast<std::size_t>(nb * d), d_n = static_cast<std::size_t>(d),
+                 nb_n = static_cast<std::size_t>(nb);
+      std::vector<Scalar> rows(rows_n), q(3 * d_n);
+      for (auto& x : rows) x = Scalar(dist(rng));
+      for (auto& x : q) x = Scalar(dist(rng));
+      const Scalar scale = Scalar(0.125);
+      // Logits for 1, 2 and 3 query rows (rows go in pairs, an odd one alone): each as the double sum says, and
+      // a row's logits the same bits whichever rows come with it.
+      std::vector<Scalar> alone;
+      for (int n_rows : {1, 2, 3}) {
+        std::vector<Scalar> logits(nb_n * std::size_t(n_rows));
+        kvevict::detail::block_logits(
+            rows.data(), nb, d, n_rows, [&](int r) { return q.data() + r * d; }, scale,
+            [&](int r) { return logits.data() + r * nb; });
+        for (int r = 0; r < n_rows; ++r)
+          for (int j = 0; j < nb; ++j) {
+            double exact = 0, magnitude = 0;
+            for (int i = 0; i < d; ++i) {
+              const double term = double(rows[std::size_t(j * d + i)]) * double(q[std::size_t(r * d + i)]);
+              exact += term;
+              magnitude += std::abs(term);
+            }
+            EXPECT_NEAR(double(logits[std::size_t(r * nb + j)]), double(scale) * exact,
+                        4 * d * eps * double(scale) * magnitude)
+                << "row " << r << " of " << n_rows << ", logit " << j << " of " << nb << ", head_dim " << d;
+          }
+        if (alone.empty()) alone = logits;
+        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), logits.begin())) << n_rows << " rows, head_dim " << d;
+      }
+      // Weighted sums for 1, 2 and 3 query rows (pairs and an odd one), each row its own weights.
+      for (int n_rows : {1, 2, 3}) {
+        std::vector<Scalar> weights(nb_n * std::size_t(n_rows)), out(d_n * std::size_t(n_rows));
+        for (auto& x : weights) x = Scalar(std::abs(dist(rng)));
+        for (auto& x : out) x = Scalar(dist(rng));
+        const std::vector<Scalar> before = out;
+        kvevict::detail::block_weighted_sums(
+            rows.data(), nb, d, n_rows, [&](int r) { return weights.data() + r * nb; },
+            [&](int r) { return out.data() + r * d; });
+        for (int r = 0; r < n_rows; ++r)
+          for (int i = 0; i < d; ++i) {
+            double exact = double(before[std::size_t(r * d + i)]), magnitude = std::abs(exact);
+            for (int j = 0; j < nb; ++j) {
+              const double term = double(weights[std::size_t(r * nb + j)]) * double(rows[std::size_t(j * d + i)]);
+              exact += term;
+              magnitude += std::abs(term);
+            }
+            EXPECT_NEAR(double(out[std::size_t(r * d + i)]), exact, 4 * (nb + 1) * eps * magnitude)
+                << "row " << r << " of " << n_rows << ", output " << i << " over " << nb << " keys, head_dim " << d;
+          }
+      }
+    }
+  }
+}
+}  // namespace
+
+TEST(BlockProducts, FloatMatchDoubleSums) { expect_block_products_match_double_sums<float>(); }
+TEST(BlockProducts, DoubleMatchDoubleSums) { expect_block_products_match_double_sums<double>(); }

@@ -61,9 +61,14 @@ TEST_P(DenseFromScratch, DecodeAndChunkedPrefillMatch) {
       for (std::size_t i = 0; i < pos.size(); ++i) pos[i] = std::int64_t(i);
       const MatrixF all = kvevict::attention<float>(q, k, stream.v[std::size_t(layer)].topRows(t + chunk), pos, pos,
                                                     shape.n_q_heads, shape.n_kv_heads);
+      // Two float computations of the same attention in different orders (the cache's chunks and decode steps
+      // against the from-scratch pass, which takes 16 queries or more through matrix products): a logit sums
+      // head_dim products and an output n weighted rows, so they may differ by about head_dim + n roundings
+      // relative to the output's scale; twice that bounds it.
+      const double tolerance = 2.0 * (shape.head_dim + n_tokens) * double(std::numeric_limits<float>::epsilon());
       for (int r = 0; r < chunk; ++r)
         for (int c = 0; c < out.cols(); ++c)
-          ASSERT_LE(relative_error(out(r, c), all(t + r, c)), 1e-6) << "token " << t + r << " col " << c;
+          ASSERT_LE(relative_error(out(r, c), all(t + r, c)), tolerance) << "token " << t + r << " col " << c;
       t += chunk;
     }
   }

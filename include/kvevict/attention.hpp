@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/block_products.hpp"
 #include "detail/widen.hpp"
 #include "error.hpp"
 #include "shape.hpp"
@@ -66,7 +67,8 @@ inline constexpr int kMinKeysPerSplit = 1024;
 /// Key slot j is visible to query t iff key_pos[j] >= 0 (occupied) and key_pos[j] <= query_pos[t]
 /// (causal). Three passes: logits from K, normalisation in place, weighted sum over V. K and V are walked in
 /// blocks of rows that every query row of the group uses while the block is in cache, so each is read from
-/// memory once per group, not once per query head. Allocates nothing.
+/// memory once per group, not once per query head. Allocates nothing. Each block's products for one query
+/// row are detail/block_products.hpp's: sixteen dot products at once with AVX-512, Eigen's elsewhere.
 ///
 /// Many queries at once (options.product_queries, a prefill chunk) in float or double: both products are
 /// matrix products per query head over tiles of at most 64 queries and 128 keys, whose packed operands stay
@@ -152,16 +154,17 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
                 "Eigen::bfloat16 storage, double for double");
   using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
-  using Column = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
   constexpr bool converts = !std::is_same_v<Stored, Scalar>;
-  // Rows of K or V per block (8-16 KiB in float at head_dim 64-128): stays in L1 across the group.
-  constexpr int kBlock = 32;
+  // Rows of K or V per block: 32 KiB (128 rows of 64 floats, 64 of 128), which stays in L1 across the group's
+  // query rows and makes each row's calls long enough to pay for their setup; a 16-bit block fills the tile.
+  constexpr std::ptrdiff_t kBlockBytes = 32768, kMostBlockRows = 128;
   constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
   const Scalar scale = static_cast<Scalar>(options.scale_for(a.head_dim));
   const std::ptrdiff_t cap = a.capacity, d = a.head_dim;
   const std::ptrdiff_t used = a.used < 0 ? cap : std::min<std::ptrdiff_t>(a.used, cap);
   const int rows = a.n_queries * a.group;
-  const std::ptrdiff_t block = converts ? std::min<std::ptrdiff_t>(kBlock, kMaxHeadDim / d) : kBlock;
+  const std::ptrdiff_t block =
+      std::clamp<std::ptrdiff_t>(kBlockBytes / (d * std::ptrdiff_t(sizeof(Scalar))), 1, kMostBlockRows);
   auto query = [&](int r) { return a.queries + (r / a.group) * a.query_stride + (r % a.group) * d; };
   auto output = [&](int r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * d; };
   // 16-bit rows are widened into a task's tile (on its stack) once per block; float and double rows are read
@@ -241,8 +244,7 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
     Tile tile;
     for_each_tile(split, block, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
       const Eigen::Map<const Rows> k = rows_of(a.keys, j0, nb, tile.values);
-      for (int r = 0; r < rows; ++r)
-        Eigen::Map<Column>(a.probs + r * cap + j0, nb).noalias() = scale * (k * Eigen::Map<const Column>(query(r), d));
+      detail::block_logits(k.data(), nb, d, rows, query, scale, [&](int r) { return a.probs + r * cap + j0; });
       mask(j0, nb);
     });
   };
@@ -282,8 +284,9 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
     Tile tile;
     for_each_tile(split, block, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
       const Eigen::Map<const Rows> v = rows_of(a.values, j0, nb, tile.values);
-      for (int r = 0; r < rows; ++r)
-        Eigen::Map<Row>(destination(split, r), d).noalias() += Eigen::Map<const Row>(a.probs + r * cap + j0, nb) * v;
+      detail::block_weighted_sums(
+          v.data(), nb, d, rows, [&](int r) { return a.probs + r * cap + j0; },
+          [&](int r) { return destination(split, r); });
     });
   };
   run(splits, values_of_range);

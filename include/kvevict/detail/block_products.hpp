@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: Apache-2.0
+#ifndef KVEVICT_DETAIL_BLOCK_PRODUCTS_HPP
+#define KVEVICT_DETAIL_BLOCK_PRODUCTS_HPP
+
+/// @file
+/// A decode step's two products over one block of cached rows, for the query rows of a GQA group: the logits
+/// scale x (K q) and the weighted sums out += p^T V. A decode step has `group` query rows per kv head, too
+/// few for a matrix product's register tile. With AVX-512 (float), query rows go in pairs, so that every
+/// row of K or V loaded serves two rows' FMAs (one load per FMA would leave the FMA units half idle): eight
+/// keys' dot products for each of the two rows run side by side in sixteen accumulators, and one
+/// transpose-and-add tree (30 shuffles and 15 adds, on another port than the FMAs) turns them into sixteen
+/// logits, each key's sum formed alike whichever rows and keys come with it; the weighted sums keep both
+/// output rows in registers across the block. An odd last row goes alone. Elsewhere (no AVX-512, double,
+/// head_dim not a multiple of 16 or above 256, 128 for the weighted sums), Eigen's matrix-vector products:
+/// the portable path, built and tested where -march does not reach AVX-512.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+// GCC unrolls the loops over a register array before it looks at the array, so the array stays in registers.
+#if defined(__GNUC__) && !defined(__clang__)
+#define KVEVICT_UNROLLED _Pragma("GCC unroll 16")
+#else
+#define KVEVICT_UNROLLED
+#endif
+
+namespace kvevict::detail {
+
+#if defined(__AVX512F__)
+// The shuffles through their masked forms with every lane kept: GCC 12's unmasked forms pass an undefined
+// vector that -Wuninitialized reports once inlined.
+inline __m512 unpack_low(__m512 a, __m512 b) { return _mm512_mask_unpacklo_ps(a, 0xFFFF, a, b); }
+inline __m512 unpack_high(__m512 a, __m512 b) { return _mm512_mask_unpackhi_ps(a, 0xFFFF, a, b); }
+template <int kImm>
+__m512 shuffle_in_lanes(__m512 a, __m512 b) {
+  return _mm512_mask_shuffle_ps(a, 0xFFFF, a, b, kImm);
+}
+template <int kImm>
+__m512 shuffle_lanes(__m512 a, __m512 b) {
+  return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, kImm);
+}
+
+/// Lane k of the result is the sum of the 16 lanes of v[k].
+inline __m512 sum_each_of_16(const __m512 (&v)[16]) {
+  // Pairs within 128-bit lanes: t[i] holds v[2i] in even lanes, v[2i + 1] in odd ones, half summed.
+  __m512 t[8];
+  for (int i = 0; i < 8; ++i)
+    t[i] = _mm512_add_ps(unpack_low(v[2 * i], v[2 * i + 1]), unpack_high(v[2 * i], v[2 * i + 1]));
+  // Each 128-bit lane of u[i] holds that lane's sums of v[4i] ... v[4i + 3].
+  __m512 u[4];
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_ps(shuffle_in_lanes<_MM_SHUFFLE(1, 0, 1, 0)>(t[2 * i], t[2 * i + 1]),
+                         shuffle_in_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(t[2 * i], t[2 * i + 1]));
+  // Sum the four 128-bit lanes, putting u[i]'s four sums in lanes 4i ... 4i + 3.
+  const __m512 w01 = _mm512_add_ps(shuffle_lanes<_MM_SHUFFLE(2, 0, 2, 0)>(u[0], u[1]),
+                                   shuffle_lanes<_MM_SHUFFLE(3, 1, 3, 1)>(u[0], u[1]));
+  const __m512 w23 = _mm512_add_ps(shuffle_lanes<_MM_SHUFFLE(2, 0, 2, 0)>(u[2], u[3]),
+                                   shuffle_lanes<_MM_SHUFFLE(3, 1, 3, 1)>(u[2], u[3]));
+  return _mm512_add_ps(shuffle_lanes<_MM_SHUFFLE(2, 0, 2, 0)>(w01, w23),
+                       shuffle_lanes<_MM_SHUFFLE(3, 1, 3, 1)>(w01, w23));
+}
+
+/// f(std::integral_constant<std::size_t, d / 16>{}) for d = 16, 32, ..., 16 x kMost; false for any other d.
+/// A head_dim known at compile time puts every row offset in the instructions and unrolls every loop.
+template <std::size_t kMost, std::size_t kChunks = 1, class F>
+bool with_chunks(std::ptrdiff_t d, F&& f) {
+  if constexpr (kChunks > kMost) {
+    return false;
+  } else {
+    if (d != 16 * std::ptrdiff_t(kChunks)) return with_chunks<kMost, kChunks + 1>(d, f);
+    f(std::integral_constant<std::size_t, kChunks>{});
+    return true;
+  }
+}
+
+/// Lane i: k_i . q for the `count` (<= 16) rows k_i from `k`, kChunks x 16 floats each; lanes from `count` on
+/// are 0. Each lane's sum is formed alike whatever `count` is, so a key's logit does not depend on the keys
+/// beside it.
+template <std::size_t kChunks, bool kPartial>
+inline __m512 sixteen_dots(const float* k, const float* q, int count) {
+  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
+  __m512 acc[16];
+  KVEVICT_UNROLLED for (auto& a : acc) a = _mm512_setzero_ps();
+  for (std::size_t c = 0; c < kChunks; ++c) {
+    const __m512 qc = _mm512_loadu_ps(q + 16 * c);
+    KVEVICT_UNROLLED for (int i = 0; i < 16; ++i) if (!kPartial || i < count) acc[i] =
+        _mm512_fmadd_ps(_mm512_loadu_ps(k + i * d + 16 * c), qc, acc[i]);
+  }
+  return sum_each_of_16(acc);
+}
+
+/// Lanes 0-7: k_i . q0 for the `count` (<= 8) rows k_i from `k`; lanes 8-15: k_i . q1. Two query rows at
+/// once, so that each row of K loaded serves both; every lane's sum is formed as sixteen_dots forms it.
+template <std::size_t kChunks, bool kPartial>
+inline __m512 eight_dots_two_rows(const float* k, const float* q0, const float* q1, int count) {
+  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
+  __m512 acc[16];
+  KVEVICT_UNROLLED for (auto& a : acc) a = _mm512_setzero_ps();
+  for (std::size_t c = 0; c < kChunks; ++c) {
+    const __m512 q0c = _mm512_loadu_ps(q0 + 16 * c), q1c = _mm512_loadu_ps(q1 + 16 * c);
+    KVEVICT_UNROLLED for (int i = 0; i < 8; ++i) {
+      if (kPartial && i >= count) continue;
+      const __m512 kc = _mm512_loadu_ps(k + i * d + 16 * c);
+      acc[i] = _mm512_fmadd_ps(kc, q0c, acc[i]);
+      acc[8 + i] = _mm512_fmadd_ps(kc, q1c, acc[8 + i]);
+    }
+  }
+  return sum_each_of_16(acc);
+}
+
+/// out[j] = scale x (k_j . q) for one query row (sixteen keys at a time).
+template <std::size_t kChunks>
+void logits_one_row(const float* keys, std::ptrdiff_t nb, const float* q, __m512 scales, float* out) {
+  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
+  std::ptrdiff_t j = 0;
+  for (; j + 16 <= nb; j += 16)
+    _mm512_storeu_ps(out + j, _mm512_mul_ps(scales, sixteen_dots<kChunks, false>(keys + j * d, q, 16)));
+  if (j < nb) {
+    const int count = int(nb - j);
+    _mm512_mask_storeu_ps(out + j, __mmask16((1u << count) - 1u),
+                          _mm512_mul_ps(scales, sixteen_dots<kChunks, true>(keys + j * d, q, count)));
+  }
+}
+
+/// out0[j], out1[j] = scale x (k_j . q0), scale x (k_j . q1) (eight keys at a time).
+template <std::size_t kChunks>
+void logits_two_rows(const float* keys, std::ptrdiff_t nb, const float* q0, const float* q1, __m512 scales, float* out0,
+                     float* out1) {
+  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
+  for (std::ptrdiff_t j = 0; j < nb; j += 8) {
+    const int count = int(std::min<std::ptrdiff_t>(8, nb - j));
+    const __m512 both =
+        _mm512_mul_ps(scales, count == 8 ? eight_dots_two_rows<kChunks, false>(keys + j * d, q0, q1, 8)
+                                         : eight_dots_two_rows<kChunks, true>(keys + j * d, q0, q1, count));
+    const auto mask = __mmask16((1u << count) - 1u);
+    _mm512_mask_storeu_ps(out0 + j, mask, both);
+    _mm512_mask_storeu_ps(out1 + j, mask, shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(both, both));  // lanes 8-15 down
+  }
+}
+
+/// out[r] += sum_j p[r][j] v_j for kRows (1 or 2) rows at once, so that each row of V loaded serves every
+/// one of them; the sums stay in registers. While registers allow (head_dim <= 64), even and odd keys go into
+/// two sums per row, so that consecutive keys' FMAs do not wait on each other. A row's sums are formed alike
+/// whatever kRows is.
+template <std::size_t kChunks, std::size_t kRows>
+void weighted_sums_avx512(const float* values, std::ptrdiff_t nb, const float* const (&p)[kRows],
+                          float* const (&out)[kRows]) {
+  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
+  constexpr std::size_t kSums = kChunks <= 4 ? 2 : 1;
+  __m512 sum[kRows][kSums][kChunks];
+  KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
+    KVEVICT_UNROLLED for (std::size_t s = 0; s < kSums; ++s) {
+      KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) sum[r][s][c] = _mm512_setzero_ps();
+    }
+  }
+  // Key j + s into sum s of every row.
+  auto add = [&](std::ptrdiff_t j, std::size_t s) {
+    __m512 w[kRows];
+    KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) w[r] = _mm512_set1_ps(p[r][j]);
+    KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
+      const __m512 vc = _mm512_loadu_ps(values + j * d + 16 * std::ptrdiff_t(c));
+      KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) sum[r][s][c] = _mm512_fmadd_ps(w[r], vc, sum[r][s][c]);
+    }
+  };
+  std::ptrdiff_t j = 0;
+  for (; j + std::ptrdiff_t(kSums) <= nb; j += std::ptrdiff_t(kSums)) {
+    KVEVICT_UNROLLED for (std::size_t s = 0; s < kSums; ++s) add(j + std::ptrdiff_t(s), s);
+  }
+  if (j < nb) add(j, 0);
+  KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
+    KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
+      __m512 total = sum[r][0][c];
+      if constexpr (kSums == 2) total = _mm512_add_ps(total, sum[r][1][c]);
+      _mm512_storeu_ps(out[r] + 16 * c, _mm512_add_ps(_mm512_loadu_ps(out[r] + 16 * c), total));
+    }
+  }
+}
+#endif
+
+/// out(r)[j] = scale x (k_j . query(r)) for the `nb` rows k_j of `keys` (row-major, `d` columns) and the
+/// `rows` query rows r. A key's logit is formed alike whichever rows and keys come with it.
+template <class Scalar, class Query, class Out>
+void block_logits(const Scalar* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Query&& query, Scalar scale,
+                  Out&& out) {
+  int r = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    with_chunks<16>(d, [&](auto chunks) {
+      const __m512 scales = _mm512_set1_ps(scale);
+      for (; r + 2 <= rows; r += 2)
+        logits_two_rows<chunks()>(keys, nb, query(r), query(r + 1), scales, out(r), out(r + 1));
+      if (r < rows) logits_one_row<chunks()>(keys, nb, query(r), scales, out(r));
+      r = rows;
+    });
+  }
+#endif
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Column = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  for (; r < rows; ++r)
+    Eigen::Map<Column>(out(r), nb).noalias() =
+        scale * (Eigen::Map<const Rows>(keys, nb, d) * Eigen::Map<const Column>(query(r), d));
+}
+
+/// out_r += sum_j p_r[j] v_j over the `nb` rows v_j of `values` (row-major, `d` columns), for the `rows` rows r
+/// whose weights are at weights(r) and whose output is at out(r).
+template <class Scalar, class Weights, class Out>
+void block_weighted_sums(const Scalar* values, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Weights&& weights,
+                         Out&& out) {
+  int r = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    with_chunks<8>(d, [&](auto chunks) {
+      for (; r + 2 <= rows; r += 2) {
+        const float* const p[2] = {weights(r), weights(r + 1)};
+        float* const o[2] = {out(r), out(r + 1)};
+        weighted_sums_avx512<chunks(), 2>(values, nb, p, o);
+      }
+      if (r < rows) {
+        const float* const p[1] = {weights(r)};
+        float* const o[1] = {out(r)};
+        weighted_sums_avx512<chunks(), 1>(values, nb, p, o);
+      }
+      r = rows;
+    });
+  }
+#endif
+  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+  for (; r < rows; ++r)
+    Eigen::Map<Row>(out(r), d).noalias() +=
+        Eigen::Map<const Row>(weights(r), nb) * Eigen::Map<const Rows>(values, nb, d);
+}
+
+}  // namespace kvevict::detail
+
+#undef KVEVICT_UNROLLED
+
+#endif  // KVEVICT_DETAIL_BLOCK_PRODUCTS_HPP

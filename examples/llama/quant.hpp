@@ -235,7 +235,8 @@ void tile(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* o
 }
 
 /// out(r, c) for `n_rows` rows starting at `first_row`, every column: tiles of 4 rows by 2 columns.
-template <class Block, template <std::size_t, std::size_t, class> class Tile>
+// Tiles of 4 weight rows by kWideCols activation columns (the most the ISA's registers hold), then 2, then 1.
+template <class Block, template <std::size_t, std::size_t, class> class Tile, std::size_t kWideCols = 2>
 void multiply_tiles(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
                     int n_cols, int n_blocks, float* out, std::int64_t ld) {
   auto row = [&](std::int64_t r) { return reinterpret_cast<const Block*>(first_row + std::size_t(r) * row_bytes); };
@@ -243,6 +244,9 @@ void multiply_tiles(const std::uint8_t* first_row, std::size_t row_bytes, std::i
   for (; r + 4 <= n_rows; r += 4) {
     const Block* rows[4] = {row(r), row(r + 1), row(r + 2), row(r + 3)};
     int c = 0;
+    if constexpr (kWideCols > 2)
+      for (; c + int(kWideCols) <= n_cols; c += int(kWideCols))
+        Tile<4, kWideCols, Block>::run(rows, a + c, n_blocks, out + r + c * ld, ld);
     for (; c + 2 <= n_cols; c += 2) Tile<4, 2, Block>::run(rows, a + c, n_blocks, out + r + c * ld, ld);
     if (c < n_cols) Tile<4, 1, Block>::run(rows, a + c, n_blocks, out + r + c * ld, ld);
   }
@@ -317,19 +321,15 @@ struct Tile {
       __m512i wq[kRows];
       __mmask64 negative[kRows];
       __m512 wd[kRows];
-      float m0[kRows], m1[kRows];
       for (std::size_t r = 0; r < kRows; ++r) {
         const Block &first = w[r][b], &second = w[r][b + 1];
         wd[r] = pair_of(fp16(first.d), fp16(second.d));
-        m0[r] = m1[r] = 0.0f;
         if constexpr (std::is_same_v<Block, BlockQ8_0>) {
           wq[r] = load_pair(first.qs, second.qs);
         } else if constexpr (std::is_same_v<Block, BlockQ4_0>) {
           wq[r] = _mm512_sub_epi8(unpack_nibbles(first.qs, second.qs), _mm512_set1_epi8(8));
         } else {
           wq[r] = unpack_nibbles(first.qs, second.qs);
-          m0[r] = fp16(first.m);
-          m1[r] = fp16(second.m);
         }
         if constexpr (is_signed) {  // |w| times a with w's sign, as the AVX2 tile
           negative[r] = _mm512_movepi8_mask(wq[r]);
@@ -344,10 +344,20 @@ struct Tile {
           const __m512i signed_a = is_signed ? _mm512_mask_sub_epi8(aq, negative[r], _mm512_setzero_si512(), aq) : aq;
           const __m512 products = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[r], signed_a));
           acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(wd[r], xd), products, acc[r][c]);
-          mins[r][c] = std::fma(m0[r], x0.s, mins[r][c]);
-          mins[r][c] = std::fma(m1[r], x1.s, mins[r][c]);
         }
       }
+    }
+    // Q4_1's minimums times the activation sums, in a pass of their own so that the vector loop above keeps
+    // its registers; the same sums in the same order as when they were interleaved with it.
+    if constexpr (std::is_same_v<Block, BlockQ4_1>) {
+      for (int p = 0; p < pairs; ++p)
+        for (std::size_t r = 0; r < kRows; ++r) {
+          const float m0 = fp16(w[r][2 * p].m), m1 = fp16(w[r][2 * p + 1].m);
+          for (std::size_t c = 0; c < kCols; ++c) {
+            mins[r][c] = std::fma(m0, a[c][2 * p].s, mins[r][c]);
+            mins[r][c] = std::fma(m1, a[c][2 * p + 1].s, mins[r][c]);
+          }
+        }
     }
     if (n_blocks % 2 != 0) {  // the last block through the AVX2 tile's arithmetic
       const int b = n_blocks - 1;
@@ -370,7 +380,7 @@ struct Tile {
 template <class Block>
 void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
               int n_cols, int n_blocks, float* out, std::int64_t ld) {
-  avx2::multiply_tiles<Block, Tile>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
+  avx2::multiply_tiles<Block, Tile, 4>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
 }
 
 }  // namespace avx512

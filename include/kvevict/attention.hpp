@@ -51,7 +51,7 @@ struct AttentionOptions {
   int key_splits = 1;
   ParallelFor parallel_for;
   /// Query tokens from which a group's two products run as matrix products over tiles of keys (a prefill
-  /// chunk: Eigen's register-blocked kernel) instead of one dot product per query row (a decode step). Float
+  /// chunk: Eigen's register-blocked kernel) instead of the block products per query row (a decode step). Float
   /// and double storage; the two agree to rounding. Larger than any chunk: never.
   int product_queries = 16;
 

@@ -234,8 +234,8 @@ void tile(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* o
       out[std::ptrdiff_t(r) + std::ptrdiff_t(c) * ld] = hsum(acc[r][c]) + mins[r][c];
 }
 
-/// out(r, c) for `n_rows` rows starting at `first_row`, every column: tiles of 4 rows by 2 columns.
-// Tiles of 4 weight rows by kWideCols activation columns (the most the ISA's registers hold), then 2, then 1.
+/// out(r, c) for `n_rows` rows starting at `first_row`, every column: tiles of 4 rows by kWideCols columns (the
+/// most the ISA's registers hold), then 2, then 1.
 template <class Block, template <std::size_t, std::size_t, class> class Tile, std::size_t kWideCols = 2>
 void multiply_tiles(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
                     int n_cols, int n_blocks, float* out, std::int64_t ld) {

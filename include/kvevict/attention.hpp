@@ -67,8 +67,8 @@ inline constexpr int kMinKeysPerSplit = 1024;
 /// Key slot j is visible to query t iff key_pos[j] >= 0 (occupied) and key_pos[j] <= query_pos[t]
 /// (causal). Three passes: logits from K, normalisation in place, weighted sum over V. K and V are walked in
 /// blocks of rows that every query row of the group uses while the block is in cache, so each is read from
-/// memory once per group, not once per query head. Allocates nothing. Each block's products for one query
-/// row are detail/block_products.hpp's: sixteen dot products at once with AVX-512, Eigen's elsewhere.
+/// memory once per group, not once per query head. Allocates nothing. Each block's two products are
+/// detail/block_products.hpp's: query rows in pairs with AVX-512, Eigen's matrix-vector products elsewhere.
 ///
 /// Many queries at once (options.product_queries, a prefill chunk) in float or double: both products are
 /// matrix products per query head over tiles of at most 64 queries and 128 keys, whose packed operands stay

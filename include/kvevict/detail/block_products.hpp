@@ -79,68 +79,42 @@ bool with_chunks(std::ptrdiff_t d, F&& f) {
   }
 }
 
-/// Lane i: k_i . q for the `count` (<= 16) rows k_i from `k`, kChunks x 16 floats each; lanes from `count` on
-/// are 0. Each lane's sum is formed alike whatever `count` is, so a key's logit does not depend on the keys
-/// beside it.
-template <std::size_t kChunks, bool kPartial>
-inline __m512 sixteen_dots(const float* k, const float* q, int count) {
+/// For kRows (1 or 2) query rows q[r] and the `count` (<= 16 / kRows) rows k_i from `k`, kChunks x 16 floats
+/// each: lane r x 16 / kRows + i holds k_i . q[r]; the lanes of missing keys are 0. Two rows at once so that
+/// each row of K loaded serves both. Every lane's sum is formed alike whatever kRows and `count` are, so a
+/// key's logit does not depend on the rows and keys beside it.
+template <std::size_t kChunks, std::size_t kRows, bool kPartial>
+inline __m512 dots(const float* k, const float* const (&q)[kRows], int count) {
   constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
+  constexpr int kKeys = 16 / int(kRows);
   __m512 acc[16];
   KVEVICT_UNROLLED for (auto& a : acc) a = _mm512_setzero_ps();
   for (std::size_t c = 0; c < kChunks; ++c) {
-    const __m512 qc = _mm512_loadu_ps(q + 16 * c);
-    KVEVICT_UNROLLED for (int i = 0; i < 16; ++i) if (!kPartial || i < count) acc[i] =
-        _mm512_fmadd_ps(_mm512_loadu_ps(k + i * d + 16 * c), qc, acc[i]);
-  }
-  return sum_each_of_16(acc);
-}
-
-/// Lanes 0-7: k_i . q0 for the `count` (<= 8) rows k_i from `k`; lanes 8-15: k_i . q1. Two query rows at
-/// once, so that each row of K loaded serves both; every lane's sum is formed as sixteen_dots forms it.
-template <std::size_t kChunks, bool kPartial>
-inline __m512 eight_dots_two_rows(const float* k, const float* q0, const float* q1, int count) {
-  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
-  __m512 acc[16];
-  KVEVICT_UNROLLED for (auto& a : acc) a = _mm512_setzero_ps();
-  for (std::size_t c = 0; c < kChunks; ++c) {
-    const __m512 q0c = _mm512_loadu_ps(q0 + 16 * c), q1c = _mm512_loadu_ps(q1 + 16 * c);
-    KVEVICT_UNROLLED for (int i = 0; i < 8; ++i) {
+    __m512 qc[kRows];
+    KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) qc[r] = _mm512_loadu_ps(q[r] + 16 * c);
+    KVEVICT_UNROLLED for (int i = 0; i < kKeys; ++i) {
       if (kPartial && i >= count) continue;
-      const __m512 kc = _mm512_loadu_ps(k + i * d + 16 * c);
-      acc[i] = _mm512_fmadd_ps(kc, q0c, acc[i]);
-      acc[8 + i] = _mm512_fmadd_ps(kc, q1c, acc[8 + i]);
+      const __m512 kc = _mm512_loadu_ps(k + i * d + 16 * std::ptrdiff_t(c));
+      KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
+        acc[int(r) * kKeys + i] = _mm512_fmadd_ps(kc, qc[r], acc[int(r) * kKeys + i]);
+      }
     }
   }
   return sum_each_of_16(acc);
 }
 
-/// out[j] = scale x (k_j . q) for one query row (sixteen keys at a time).
-template <std::size_t kChunks>
-void logits_one_row(const float* keys, std::ptrdiff_t nb, const float* q, __m512 scales, float* out) {
-  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
-  std::ptrdiff_t j = 0;
-  for (; j + 16 <= nb; j += 16)
-    _mm512_storeu_ps(out + j, _mm512_mul_ps(scales, sixteen_dots<kChunks, false>(keys + j * d, q, 16)));
-  if (j < nb) {
-    const int count = int(nb - j);
-    _mm512_mask_storeu_ps(out + j, __mmask16((1u << count) - 1u),
-                          _mm512_mul_ps(scales, sixteen_dots<kChunks, true>(keys + j * d, q, count)));
-  }
-}
-
-/// out0[j], out1[j] = scale x (k_j . q0), scale x (k_j . q1) (eight keys at a time).
-template <std::size_t kChunks>
-void logits_two_rows(const float* keys, std::ptrdiff_t nb, const float* q0, const float* q1, __m512 scales, float* out0,
-                     float* out1) {
-  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
-  for (std::ptrdiff_t j = 0; j < nb; j += 8) {
-    const int count = int(std::min<std::ptrdiff_t>(8, nb - j));
-    const __m512 both =
-        _mm512_mul_ps(scales, count == 8 ? eight_dots_two_rows<kChunks, false>(keys + j * d, q0, q1, 8)
-                                         : eight_dots_two_rows<kChunks, true>(keys + j * d, q0, q1, count));
+/// out[r][j] = scale x (k_j . q[r]) for kRows (1 or 2) query rows, 16 / kRows keys at a time.
+template <std::size_t kChunks, std::size_t kRows>
+void logits_avx512(const float* keys, std::ptrdiff_t nb, const float* const (&q)[kRows], __m512 scales,
+                   float* const (&out)[kRows]) {
+  constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks), kKeys = 16 / std::ptrdiff_t(kRows);
+  for (std::ptrdiff_t j = 0; j < nb; j += kKeys) {
+    const int count = int(std::min(kKeys, nb - j));
+    const __m512 all = _mm512_mul_ps(scales, count == kKeys ? dots<kChunks, kRows, false>(keys + j * d, q, count)
+                                                            : dots<kChunks, kRows, true>(keys + j * d, q, count));
     const auto mask = __mmask16((1u << count) - 1u);
-    _mm512_mask_storeu_ps(out0 + j, mask, both);
-    _mm512_mask_storeu_ps(out1 + j, mask, shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(both, both));  // lanes 8-15 down
+    _mm512_mask_storeu_ps(out[0] + j, mask, all);
+    if constexpr (kRows == 2) _mm512_mask_storeu_ps(out[1] + j, mask, shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(all, all));
   }
 }
 
@@ -193,9 +167,16 @@ void block_logits(const Scalar* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int r
   if constexpr (std::is_same_v<Scalar, float>) {
     with_chunks<16>(d, [&](auto chunks) {
       const __m512 scales = _mm512_set1_ps(scale);
-      for (; r + 2 <= rows; r += 2)
-        logits_two_rows<chunks()>(keys, nb, query(r), query(r + 1), scales, out(r), out(r + 1));
-      if (r < rows) logits_one_row<chunks()>(keys, nb, query(r), scales, out(r));
+      for (; r + 2 <= rows; r += 2) {
+        const float* const q[2] = {query(r), query(r + 1)};
+        float* const o[2] = {out(r), out(r + 1)};
+        logits_avx512<chunks(), 2>(keys, nb, q, scales, o);
+      }
+      if (r < rows) {
+        const float* const q[1] = {query(r)};
+        float* const o[1] = {out(r)};
+        logits_avx512<chunks(), 1>(keys, nb, q, scales, o);
+      }
       r = rows;
     });
   }

@@ -616,6 +616,28 @@ TEST(ScorePolicies, EachKvHeadKeepsItsOwnSet) {
   check(kvevict::AhaKVCache(shape, aha));
 }
 
+TEST(ScorePolicies, AttentionLoopsStopAfterTheLastHeldSlot) {
+  // Score updates skip the free slots after the last held one (a prompt read into a large capacity); free
+  // slots between held ones are still visited.
+  constexpr std::int64_t kFree = kvevict::kFreeSlot;
+  std::vector<std::int64_t> positions{5, kFree, 7, kFree, kFree};
+  const auto view = [&] { return kvevict::SlotView{positions.data(), 5, 2, 7, {}, -1}; };
+  EXPECT_EQ(view().occupied_end(), 3);
+  positions[4] = 9;
+  EXPECT_EQ(view().occupied_end(), 5);
+  positions = {kFree, kFree, kFree, kFree, kFree};
+  EXPECT_EQ(view().occupied_end(), 0);
+
+  // H2O over 3 held slots of 6 and of 3: the same totals.
+  auto spare = evictor_with(h2o(0), 2, 3);  // capacity 6
+  Evictor<kvevict::H2O> exact(h2o(0), HeadContext{0, 0, 1, 2, 3, 4, 1});
+  const float ones[4] = {1, 1, 1, 1};
+  for (int p = 0; p < 3; ++p) exact.admit(p, ones, ones);
+  show(spare, {0.5f, 0.25f, 0.25f, 0.0f, 0.0f, 0.0f}, 1, 2);
+  show(exact, {0.5f, 0.25f, 0.25f}, 1, 2);
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(spare.policy().score(s), exact.policy().score(s)) << "slot " << s;
+}
+
 template <class Policy>
 std::vector<std::set<std::int64_t>> kept_after_stream(const Policy& p) {
   const kvevict::Shape shape{2, 6, 2, 16, 12};

@@ -119,6 +119,14 @@ struct SlotView {
   int oldest_slot;      ///< the oldest slot `protect` lets go; -1 for score policies (they keep no age order)
 
   bool occupied(int slot) const { return positions[slot] != kFreeSlot; }
+  /// One past the last occupied slot: every slot from here on is free, its weight 0 and its logit -inf, so a
+  /// loop over a step's attention can stop here. A cache fills its slots from 0 up, so while it is filling
+  /// (a prompt read into a large capacity) this is what it holds; O(free slots at the end).
+  int occupied_end() const {
+    int end = capacity;
+    while (end > 0 && positions[end - 1] == kFreeSlot) --end;
+    return end;
+  }
   /// Occupied and not under the declared protection.
   bool evictable(int slot) const { return occupied(slot) && !protect.covers(positions[slot], newest); }
   /// The victim of first-in-first-out policies (Window, StreamingLLM): O(1).

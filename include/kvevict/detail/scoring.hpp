@@ -34,14 +34,14 @@ class AttentionTotals {
   }
   template <class Scalar>
   void add(const AttentionView<Scalar>& a, GroupReduce reduce) noexcept {
-    const int cap = a.slots.capacity;
-    Eigen::Map<Eigen::ArrayXd> total(total_.data(), cap);
+    const int cap = a.slots.capacity, end = a.slots.occupied_end();  // past `end`, every weight is 0
+    Eigen::Map<Eigen::ArrayXd> total(total_.data(), end);
     auto row = [&](int r) {
-      return Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(a.probs + std::ptrdiff_t(r) * cap, cap);
+      return Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(a.probs + std::ptrdiff_t(r) * cap, end);
     };
     for (int t = 0; t < a.n_queries; ++t) {
       if (reduce == GroupReduce::max) {
-        for (int s = 0; s < cap; ++s) {
+        for (int s = 0; s < end; ++s) {
           Scalar m = 0;  // weights are >= 0
           for (int h = 0; h < a.group; ++h) m = std::max(m, a.prob(t * a.group + h, s));
           total[s] += double(m);
@@ -50,7 +50,7 @@ class AttentionTotals {
         const double factor = reduce == GroupReduce::mean ? 1.0 / a.group : 1.0;
         for (int h = 0; h < a.group; ++h) total += factor * row(t * a.group + h).template cast<double>();
       }
-      for (int s = 0; s < cap; ++s) {
+      for (int s = 0; s < end; ++s) {
         const std::int64_t p = a.slots.positions[s];
         seen_[std::size_t(s)] += p != kFreeSlot && p <= a.query_positions[t];
       }
@@ -69,21 +69,23 @@ class AttentionTotals {
 };
 
 /// Query token t's weights over the slots, the group's query heads averaged into their kv head, in `out`
-/// (capacity floats). `row(r)` gives row r's weights as a float array; by default the weights the model used.
-/// O(group x capacity).
+/// (capacity floats). `row(r, n)` gives row r's weights over the first n slots as a float array (the slots
+/// after them are free: 0); by default the weights the model used. O(group x slots up to the last occupied).
 template <class Scalar, class Row>
 Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, float* out, Row&& row) {
-  Eigen::Map<Eigen::ArrayXf> mean(out, a.slots.capacity);
+  const int cap = a.slots.capacity, end = a.slots.occupied_end();
+  Eigen::Map<Eigen::ArrayXf>(out + end, cap - end).setZero();
+  Eigen::Map<Eigen::ArrayXf> mean(out, end);
   mean.setZero();
-  for (int h = 0; h < a.group; ++h) mean += row(t * a.group + h);
+  for (int h = 0; h < a.group; ++h) mean += row(t * a.group + h, end);
   mean *= 1.0f / float(a.group);
-  return mean;
+  return Eigen::Map<Eigen::ArrayXf>(out, cap);
 }
 template <class Scalar>
 Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, float* out) {
-  return group_mean(a, t, out, [&](int r) {
+  return group_mean(a, t, out, [&](int r, int n) {
     using Row = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
-    return Row(a.probs + std::ptrdiff_t(r) * a.slots.capacity, a.slots.capacity).template cast<float>();
+    return Row(a.probs + std::ptrdiff_t(r) * a.slots.capacity, n).template cast<float>();
   });
 }
 

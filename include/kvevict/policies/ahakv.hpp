@@ -100,8 +100,8 @@ struct AhaKV {
     if (!(max_prior_ > 0.0)) max_prior_ = 1.0;  // all-zero values: every prior is 0 and the scores tie anyway
     for (int t = 0; t < a.n_queries; ++t) {
       const double gain = lambda(a.query_positions[t] + 1) / a.scale;  // the logits arrive scaled
-      const auto sharpened = [&](int r) {
-        return detail::sharpened_softmax(a.logits + std::ptrdiff_t(r) * cap, cap, gain, row_.data());
+      const auto sharpened = [&](int r, int n) {
+        return detail::sharpened_softmax(a.logits + std::ptrdiff_t(r) * cap, n, gain, row_.data());
       };
       attention_.add(step_gain ? detail::group_mean(a, t, folded_.data(), sharpened)
                                : detail::group_mean(a, t, folded_.data()));

@@ -204,18 +204,16 @@ void tile(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* o
     }
   for (int b = 0; b < n_blocks; ++b) {
     __m256i wq[kRows];
-    float d[kRows], m[kRows];
+    float d[kRows];
     for (std::size_t r = 0; r < kRows; ++r) {
       const Block& block = w[r][b];
       d[r] = fp16(block.d);
-      m[r] = 0.0f;
       if constexpr (std::is_same_v<Block, BlockQ8_0>) {
         wq[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block.qs));
       } else if constexpr (std::is_same_v<Block, BlockQ4_0>) {
         wq[r] = _mm256_sub_epi8(unpack_nibbles(block.qs), _mm256_set1_epi8(8));
       } else {
         wq[r] = unpack_nibbles(block.qs);
-        m[r] = fp16(block.m);
       }
     }
     for (std::size_t c = 0; c < kCols; ++c) {
@@ -225,18 +223,28 @@ void tile(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* o
         const __m256 p = is_signed ? products(_mm256_sign_epi8(wq[r], wq[r]), _mm256_sign_epi8(aq, wq[r]))
                                    : products(wq[r], aq);  // signed: |w| times a with w's sign
         acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d[r] * x.d), p, acc[r][c]);
-        mins[r][c] = std::fma(m[r], x.s, mins[r][c]);  // explicit: every tile shape rounds alike
       }
     }
+  }
+  // Q4_1's minimums times the activation sums, in a pass of their own so that the vector loop above keeps its
+  // sixteen registers; each sum in block order, explicit fma: every tile shape rounds alike.
+  if constexpr (std::is_same_v<Block, BlockQ4_1>) {
+    for (int b = 0; b < n_blocks; ++b)
+      for (std::size_t r = 0; r < kRows; ++r) {
+        const float m = fp16(w[r][b].m);
+        for (std::size_t c = 0; c < kCols; ++c) mins[r][c] = std::fma(m, a[c][b].s, mins[r][c]);
+      }
   }
   for (std::size_t r = 0; r < kRows; ++r)
     for (std::size_t c = 0; c < kCols; ++c)
       out[std::ptrdiff_t(r) + std::ptrdiff_t(c) * ld] = hsum(acc[r][c]) + mins[r][c];
 }
 
-/// out(r, c) for `n_rows` rows starting at `first_row`, every column: tiles of 4 rows by kWideCols columns (the
-/// most the ISA's registers hold), then 2, then 1.
-template <class Block, template <std::size_t, std::size_t, class> class Tile, std::size_t kWideCols = 2>
+/// out(r, c) for `n_rows` rows starting at `first_row`, every column: tiles of kWideRows rows by kWideCols
+/// columns (what the ISA's registers hold; AVX2's sixteen: 2 by 4, so that a weight block unpacked serves four
+/// columns), then 4 rows by 2 columns, then by 1. Every tile shape gives the same bits.
+template <class Block, template <std::size_t, std::size_t, class> class Tile, std::size_t kWideCols = 2,
+          std::size_t kWideRows = 4>
 void multiply_tiles(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
                     int n_cols, int n_blocks, float* out, std::int64_t ld) {
   auto row = [&](std::int64_t r) { return reinterpret_cast<const Block*>(first_row + std::size_t(r) * row_bytes); };
@@ -245,8 +253,10 @@ void multiply_tiles(const std::uint8_t* first_row, std::size_t row_bytes, std::i
     const Block* rows[4] = {row(r), row(r + 1), row(r + 2), row(r + 3)};
     int c = 0;
     if constexpr (kWideCols > 2)
-      for (; c + int(kWideCols) <= n_cols; c += int(kWideCols))
-        Tile<4, kWideCols, Block>::run(rows, a + c, n_blocks, out + r + c * ld, ld);
+      for (; c + int(kWideCols) <= n_cols; c += int(kWideCols)) {
+        for (std::size_t k = 0; k < 4; k += kWideRows)
+          Tile<kWideRows, kWideCols, Block>::run(rows + k, a + c, n_blocks, out + r + std::int64_t(k) + c * ld, ld);
+      }
     for (; c + 2 <= n_cols; c += 2) Tile<4, 2, Block>::run(rows, a + c, n_blocks, out + r + c * ld, ld);
     if (c < n_cols) Tile<4, 1, Block>::run(rows, a + c, n_blocks, out + r + c * ld, ld);
   }
@@ -266,7 +276,7 @@ struct Tile {
 template <class Block>
 void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
               int n_cols, int n_blocks, float* out, std::int64_t ld) {
-  multiply_tiles<Block, Tile>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
+  multiply_tiles<Block, Tile, 4, 2>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
 }
 
 }  // namespace avx2

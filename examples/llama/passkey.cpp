@@ -246,7 +246,13 @@ class PromptBuilder {
 // The weights a policy reads when a prompt is compressed once: SnapKV and TOVA read only the newest queries,
 // so their kept set is the same as if every chunk were attended (--check-watchers verifies it on the real
 // model: ctest example.passkey_compression_shortcut), and the attention skipped is most of a prompt's cost.
+// Window and L2 read none: they rank by position and by key.
 enum class Reads { none, last_chunk, all };
+
+// Every policy but StreamingLLM watches dense's prefill (below) and decodes over a copy of the rows it kept.
+// StreamingLLM moves the keys it keeps to positions within the cache, which dense's rows do not have: it
+// reads the prompt into a cache of its own.
+bool watches_dense(const std::string& name) { return name != "streaming"; }
 
 std::unique_ptr<SequenceCache> make_cache(const llama::Model& m, const std::string& name, int budget, int max_prompt) {
   if (name == "window") return m.make_cache<kvevict::Window>(budget, {}, 64, max_prompt);
@@ -267,10 +273,10 @@ Reads reads_of(const std::string& name) {
 
 // ------------------------------------------------------------------------------ one attention, many policies
 
-// The policies that rank by attention read it from dense's prefill instead of computing it again: each keeps
-// its own Evictor per head (kvevict's contract for memory it does not own) over dense's slots, fed through
-// Tee, a dense policy that shows every token and every weight it sees to them. The slots agree because
-// nothing is evicted while the prompt is read.
+// The policies read the prompt from dense's prefill instead of storing and attending it again: each keeps its
+// own Evictor per head (kvevict's contract for memory it does not own) over dense's slots, fed through Tee, a
+// dense policy that shows every token and every weight it sees to them. The slots agree because nothing is
+// evicted while the prompt is read.
 class Watcher {
  public:
   virtual ~Watcher() = default;
@@ -331,6 +337,9 @@ class WatcherOf final : public Watcher {
 
 std::unique_ptr<Watcher> make_watcher(const llama::Model& m, const std::string& name, int budget, int capacity,
                                       Reads reads) {
+  if (name == "window")
+    return std::make_unique<WatcherOf<kvevict::Window>>(m, kvevict::Window{}, budget, capacity, reads);
+  if (name == "l2") return std::make_unique<WatcherOf<kvevict::L2Norm>>(m, kvevict::L2Norm{}, budget, capacity, reads);
   if (name == "h2o") return std::make_unique<WatcherOf<kvevict::H2O>>(m, kvevict::H2O{}, budget, capacity, reads);
   if (name == "ahakv") return std::make_unique<WatcherOf<kvevict::AhaKV>>(m, kvevict::AhaKV{}, budget, capacity, reads);
   if (name == "snapkv")
@@ -379,9 +388,9 @@ struct Tee {
   }
 };
 
-// A watcher's compressed cache for decoding: a copy of dense's keys and values in which only the tokens the
-// policy kept are visible (the others' positions are free), new tokens appended after the prompt. It never
-// evicts: what is decoded after a compression is a few tokens.
+// A watcher's compressed cache for decoding: a copy of the rows of dense's keys and values that the policy
+// kept, in dense's order, with room after them for as many new tokens as dense has. It never evicts: what
+// is decoded after a compression is a few tokens.
 class KeptCopy final : public SequenceCache {
  public:
   KeptCopy(const llama::Model& model, const kvevict::KVCache<float, Tee>& dense, const Watcher& watcher)
@@ -392,12 +401,21 @@ class KeptCopy final : public SequenceCache {
     const auto& c = model.config();
     for (int l = 0; l < c.n_layers; ++l) {
       for (int h = 0; h < c.n_kv_heads; ++h) {
-        const int capacity = dense.capacity(l);
-        keys_.push_back(dense.keys(l, h));
-        values_.push_back(dense.values(l, h));
+        const int held = int(dense.head(l, h).slots().high_water()), room = dense.capacity(l) - held;
         const std::int64_t* p = watcher.positions(l, h);
-        positions_.emplace_back(p, p + capacity);
-        used_.push_back(int(dense.head(l, h).slots().high_water()));
+        const int kept = int(std::count_if(p, p + held, [](std::int64_t q) { return q != kvevict::kFreeSlot; }));
+        const auto& k = dense.keys(l, h);
+        const auto& v = dense.values(l, h);
+        keys_.emplace_back(kept + room, d_);
+        values_.emplace_back(kept + room, d_);
+        positions_.emplace_back(std::size_t(kept + room), kvevict::kFreeSlot);
+        for (int s = 0, row = 0; s < held; ++s) {
+          if (p[s] == kvevict::kFreeSlot) continue;
+          keys_.back().row(row) = k.row(s);
+          values_.back().row(row) = v.row(s);
+          positions_.back()[std::size_t(row++)] = p[s];
+        }
+        used_.push_back(kept);
       }
       n_seen_.push_back(dense.n_seen(l));
     }
@@ -642,7 +660,7 @@ std::vector<Answer> run_cell(const llama::Model& model, const llama::Tokenizer& 
     for (const auto& spec : opt.budgets) {
       Run r{name,    spec,   budget_of(spec, compressed_length), opt.read_every_chunk ? Reads::all : reads_of(name),
             nullptr, nullptr};
-      if (compress && !opt.read_every_chunk && r.reads != Reads::none)
+      if (compress && !opt.read_every_chunk && watches_dense(name))
         r.watcher = make_watcher(model, name, r.budget, std::max(dense_capacity, r.budget), r.reads);
       if (!r.watcher || opt.check_watchers)
         r.cache = make_cache(model, name, r.budget, compress ? compressed_length : 0);

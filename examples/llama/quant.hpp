@@ -148,6 +148,19 @@ void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t
 
 }  // namespace scalar
 
+/// Q4_1's minimum terms of a tile, m(r, b) x s(c, b) summed into mins[r][c] over blocks [first, last) in
+/// block order with explicit fma, so that every tile shape and ISA path rounds them alike. The vector tiles
+/// run it as a pass of its own, which leaves their registers to the products.
+template <std::size_t kRows, std::size_t kCols>
+void add_minimums(const BlockQ4_1* const* w, const BlockQ8* const* a, int first, int last,
+                  float (&mins)[kRows][kCols]) {
+  for (int b = first; b < last; ++b)
+    for (std::size_t r = 0; r < kRows; ++r) {
+      const float m = fp16(w[r][b].m);
+      for (std::size_t c = 0; c < kCols; ++c) mins[r][c] = std::fma(m, a[c][b].s, mins[r][c]);
+    }
+}
+
 #if KVEVICT_QUANT_AVX2
 namespace avx2 {
 
@@ -226,15 +239,7 @@ void tile(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* o
       }
     }
   }
-  // Q4_1's minimums times the activation sums, in a pass of their own so that the vector loop above keeps its
-  // sixteen registers; each sum in block order, explicit fma: every tile shape rounds alike.
-  if constexpr (std::is_same_v<Block, BlockQ4_1>) {
-    for (int b = 0; b < n_blocks; ++b)
-      for (std::size_t r = 0; r < kRows; ++r) {
-        const float m = fp16(w[r][b].m);
-        for (std::size_t c = 0; c < kCols; ++c) mins[r][c] = std::fma(m, a[c][b].s, mins[r][c]);
-      }
-  }
+  if constexpr (std::is_same_v<Block, BlockQ4_1>) add_minimums(w, a, 0, n_blocks, mins);
   for (std::size_t r = 0; r < kRows; ++r)
     for (std::size_t c = 0; c < kCols; ++c)
       out[std::ptrdiff_t(r) + std::ptrdiff_t(c) * ld] = hsum(acc[r][c]) + mins[r][c];
@@ -357,18 +362,7 @@ struct Tile {
         }
       }
     }
-    // Q4_1's minimums times the activation sums, in a pass of their own so that the vector loop above keeps
-    // its registers; the same sums in the same order as when they were interleaved with it.
-    if constexpr (std::is_same_v<Block, BlockQ4_1>) {
-      for (int p = 0; p < pairs; ++p)
-        for (std::size_t r = 0; r < kRows; ++r) {
-          const float m0 = fp16(w[r][2 * p].m), m1 = fp16(w[r][2 * p + 1].m);
-          for (std::size_t c = 0; c < kCols; ++c) {
-            mins[r][c] = std::fma(m0, a[c][2 * p].s, mins[r][c]);
-            mins[r][c] = std::fma(m1, a[c][2 * p + 1].s, mins[r][c]);
-          }
-        }
-    }
+    if constexpr (std::is_same_v<Block, BlockQ4_1>) add_minimums(w, a, 0, 2 * pairs, mins);
     if (n_blocks % 2 != 0) {  // the last block through the AVX2 tile's arithmetic
       const int b = n_blocks - 1;
       for (std::size_t r = 0; r < kRows; ++r) {

@@ -69,11 +69,12 @@ class AttentionTotals {
 };
 
 /// Query token t's weights over the slots, the group's query heads averaged into their kv head, in `out`
-/// (capacity floats). `row(r, n)` gives row r's weights over the first n slots as a float array (the slots
-/// after them are free: 0); by default the weights the model used. O(group x slots up to the last occupied).
+/// (capacity floats). `end` is a.slots.occupied_end(), found once per step: the slots from there on are free
+/// (0). `row(r, n)` gives row r's weights over the first n slots as a float array; by default the weights the
+/// model used. O(group x end).
 template <class Scalar, class Row>
-Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, float* out, Row&& row) {
-  const int cap = a.slots.capacity, end = a.slots.occupied_end();
+Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, int end, float* out, Row&& row) {
+  const int cap = a.slots.capacity;
   Eigen::Map<Eigen::ArrayXf>(out + end, cap - end).setZero();
   Eigen::Map<Eigen::ArrayXf> mean(out, end);
   mean.setZero();
@@ -82,8 +83,8 @@ Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, flo
   return Eigen::Map<Eigen::ArrayXf>(out, cap);
 }
 template <class Scalar>
-Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, float* out) {
-  return group_mean(a, t, out, [&](int r, int n) {
+Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, int end, float* out) {
+  return group_mean(a, t, end, out, [&](int r, int n) {
     using Row = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
     return Row(a.probs + std::ptrdiff_t(r) * a.slots.capacity, n).template cast<float>();
   });

@@ -98,13 +98,14 @@ struct AhaKV {
     for (int s = 0; s < cap; ++s)
       if (a.slots.occupied(s)) max_prior_ = std::max(max_prior_, prior_[std::size_t(s)]);
     if (!(max_prior_ > 0.0)) max_prior_ = 1.0;  // all-zero values: every prior is 0 and the scores tie anyway
+    const int end = a.slots.occupied_end();
     for (int t = 0; t < a.n_queries; ++t) {
       const double gain = lambda(a.query_positions[t] + 1) / a.scale;  // the logits arrive scaled
       const auto sharpened = [&](int r, int n) {
         return detail::sharpened_softmax(a.logits + std::ptrdiff_t(r) * cap, n, gain, row_.data());
       };
-      attention_.add(step_gain ? detail::group_mean(a, t, folded_.data(), sharpened)
-                               : detail::group_mean(a, t, folded_.data()));
+      attention_.add(step_gain ? detail::group_mean(a, t, end, folded_.data(), sharpened)
+                               : detail::group_mean(a, t, end, folded_.data()));
     }
   }
 

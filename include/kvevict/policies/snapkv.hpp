@@ -70,7 +70,8 @@ struct SnapKV {
 
   template <class Scalar>
   void observe(const AttentionView<Scalar>& a) noexcept {
-    for (int t = 0; t < a.n_queries; ++t) votes_.add(detail::group_mean(a, t, folded_.data()));
+    const int end = a.slots.occupied_end();
+    for (int t = 0; t < a.n_queries; ++t) votes_.add(detail::group_mean(a, t, end, folded_.data()));
     keep_held([&](int s, std::int64_t p) { return a.slots.positions[s] == p; });
     pool();
   }

@@ -30,7 +30,7 @@ struct TOVA {
 
   template <class Scalar>
   void observe(const AttentionView<Scalar>& a) noexcept {
-    detail::group_mean(a, a.n_queries - 1, weight_.data());
+    detail::group_mean(a, a.n_queries - 1, a.slots.occupied_end(), weight_.data());
   }
   double score(int slot) const noexcept { return weight_[std::size_t(slot)]; }
 

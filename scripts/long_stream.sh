@@ -12,7 +12,8 @@
 #   R: sliding window with recompute at budget 256 scored on every token of a stretch of 1024 of Persuasion
 #      (tokens 300-1323), with dense, window and StreamingLLM on exactly those tokens, and its time per token
 #      against StreamingLLM timed alone (about 20 minutes).
-# Usage: scripts/long_stream.sh [A|L|P|B|R|report]...   (default: A L P B R report)
+#   R1024: the same at budget 1024, on every token of tokens 1100-2123 of Persuasion (about an hour).
+# Usage: scripts/long_stream.sh [A|L|P|B|R|R1024|report]...   (default: A L P B R report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
@@ -47,8 +48,12 @@ for step in "${@:-A L P B R report}"; do
            --text "$a/persuasion.txt" --tokens 1324 --budgets 256 --policies dense,window,streaming,recompute \
            --recompute-range 300:1024 --time-alone --bucket 512 --csv build/long/recompute_nll.csv \
            | tee build/long/recompute.txt ;;
+      R1024) ./build/long-build/examples/llama/kvevict_eval --model "$assets/SmolLM2-135M-Instruct.Q4_1.gguf" \
+           --text "$a/persuasion.txt" --tokens 2124 --budgets 1024 --policies dense,window,streaming,recompute \
+           --recompute-range 1100:1024 --time-alone --bucket 512 --csv build/long/recompute1024_nll.csv \
+           | tee build/long/recompute1024.txt ;;
       report) "$python" scripts/long_report.py build/long docs ;;
-      *) echo "unknown step $s (A, L, P, B, R or report)" >&2; exit 2 ;;
+      *) echo "unknown step $s (A, L, P, B, R, R1024 or report)" >&2; exit 2 ;;
     esac
   done
 done

@@ -407,21 +407,28 @@ TEST(ChunkProducts, DoubleAgreeWithTheRowKernel) { expect_products_agree_with_ro
 }  // namespace
 
 namespace {
-// The decode step's block products (sixteen keys at once with AVX-512 where the build targets it, Eigen's
-// elsewhere) against sums in double, over block lengths around the sixteen-key groups and head dims on and
-// off the sixteen-float chunks. Tolerance: a float sum of d products rounds by at most about d eps of the
-// sum of the products' magnitudes; 4 x that.
-template <class Scalar>
+// The decode step's block products (float rows sixteen keys at once with AVX-512, 16-bit rows eight at once
+// with AVX2, where the build targets them; Eigen's elsewhere) against sums in double, over block lengths around the key
+// groups and head dims on and off the vector chunks; 16-bit rows where the products read them as stored. Tolerance: a
+// float sum of d products rounds by at most about d eps of the sum of the products' magnitudes; 4 x that.
+template <class Stored>
 void expect_block_products_match_double_sums() {
+  using Scalar = kvevict::compute_type_t<Stored>;
+  constexpr bool converts = !std::is_same_v<Stored, Scalar>;
+  if constexpr (!kvevict::detail::reads_stored_rows<Stored>) {
+    GTEST_SKIP() << "this build widens 16-bit rows before the block products (no AVX2 path, or AVX-512's)";
+  }
   std::mt19937 rng(5);
   std::normal_distribution<double> dist(0.0, 1.0);
   const double eps = std::numeric_limits<Scalar>::epsilon();
   for (int d : {8, 16, 48, 64, 100, 128, 144}) {
+    if (converts && d % 8 != 0) continue;  // 16-bit rows are widened first there
     for (int nb : {1, 2, 15, 16, 17, 31, 32}) {
       const auto rows_n = static_cast<std::size_t>(nb * d), d_n = static_cast<std::size_t>(d),
                  nb_n = static_cast<std::size_t>(nb);
-      std::vector<Scalar> rows(rows_n), q(3 * d_n);
-      for (auto& x : rows) x = Scalar(dist(rng));
+      std::vector<Stored> rows(rows_n);
+      std::vector<Scalar> q(3 * d_n);
+      for (auto& x : rows) x = Stored(dist(rng));
       for (auto& x : q) x = Scalar(dist(rng));
       const Scalar scale = Scalar(0.125);
       // Logits for 1, 2 and 3 query rows (rows go in pairs, an odd one alone): each as the double sum says, and
@@ -447,18 +454,19 @@ void expect_block_products_match_double_sums() {
         if (alone.empty()) alone = logits;
         EXPECT_TRUE(std::equal(alone.begin(), alone.end(), logits.begin())) << n_rows << " rows, head_dim " << d;
       }
-      // Weighted sums for 1, 2 and 3 query rows (pairs and an odd one), each row its own weights.
+      // Weighted sums for 1, 2 and 3 query rows (pairs and an odd one), each row its own weights: each as the
+      // double sum says, and a row's sums the same bits whichever rows come with it.
+      std::vector<Scalar> weights(nb_n * 3), start(d_n * 3), first_alone;
+      for (auto& x : weights) x = Scalar(std::abs(dist(rng)));
+      for (auto& x : start) x = Scalar(dist(rng));
       for (int n_rows : {1, 2, 3}) {
-        std::vector<Scalar> weights(nb_n * std::size_t(n_rows)), out(d_n * std::size_t(n_rows));
-        for (auto& x : weights) x = Scalar(std::abs(dist(rng)));
-        for (auto& x : out) x = Scalar(dist(rng));
-        const std::vector<Scalar> before = out;
+        std::vector<Scalar> out = start;
         kvevict::detail::block_weighted_sums(
             rows.data(), nb, d, n_rows, [&](int r) { return weights.data() + r * nb; },
             [&](int r) { return out.data() + r * d; });
         for (int r = 0; r < n_rows; ++r)
           for (int i = 0; i < d; ++i) {
-            double exact = double(before[std::size_t(r * d + i)]), magnitude = std::abs(exact);
+            double exact = double(start[std::size_t(r * d + i)]), magnitude = std::abs(exact);
             for (int j = 0; j < nb; ++j) {
               const double term = double(weights[std::size_t(r * nb + j)]) * double(rows[std::size_t(j * d + i)]);
               exact += term;
@@ -467,6 +475,9 @@ void expect_block_products_match_double_sums() {
             EXPECT_NEAR(double(out[std::size_t(r * d + i)]), exact, 4 * (nb + 1) * eps * magnitude)
                 << "row " << r << " of " << n_rows << ", output " << i << " over " << nb << " keys, head_dim " << d;
           }
+        if (first_alone.empty()) first_alone.assign(out.begin(), out.begin() + d);
+        EXPECT_TRUE(std::equal(first_alone.begin(), first_alone.end(), out.begin()))
+            << n_rows << " rows, head_dim " << d;
       }
     }
   }
@@ -475,3 +486,5 @@ void expect_block_products_match_double_sums() {
 
 TEST(BlockProducts, FloatMatchDoubleSums) { expect_block_products_match_double_sums<float>(); }
 TEST(BlockProducts, DoubleMatchDoubleSums) { expect_block_products_match_double_sums<double>(); }
+TEST(BlockProducts, HalfRowsMatchDoubleSums) { expect_block_products_match_double_sums<Eigen::half>(); }
+TEST(BlockProducts, Bfloat16RowsMatchDoubleSums) { expect_block_products_match_double_sums<Eigen::bfloat16>(); }

@@ -167,18 +167,20 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
       std::clamp<std::ptrdiff_t>(kBlockBytes / (d * std::ptrdiff_t(sizeof(Scalar))), 1, kMostBlockRows);
   auto query = [&](int r) { return a.queries + (r / a.group) * a.query_stride + (r % a.group) * d; };
   auto output = [&](int r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * d; };
-  // 16-bit rows are widened into a task's tile (on its stack) once per block; float and double rows are read
-  // in place.
+  // Float and double rows are read in place, and so are 16-bit rows where the block products convert them in
+  // registers (AVX2, head_dim a multiple of 8); elsewhere 16-bit rows are widened into a task's tile (on its
+  // stack) once per block.
   struct alignas(64) Tile {
     Scalar values[converts ? kMaxHeadDim : 1];
   };
-  auto rows_of = [&](const Stored* base, std::ptrdiff_t j0, std::ptrdiff_t nb, Scalar* tile) {
+  auto with_rows = [&](const Stored* base, std::ptrdiff_t j0, std::ptrdiff_t nb, Scalar* tile, auto&& products) {
+    static_cast<void>(tile);
+    if constexpr (detail::reads_stored_rows<Stored>) {
+      if (!converts || d % 8 == 0) return products(base + j0 * d);
+    }
     if constexpr (converts) {
       detail::widen(base + j0 * d, tile, nb * d);
-      return Eigen::Map<const Rows>(tile, nb, d);
-    } else {
-      static_cast<void>(tile);
-      return Eigen::Map<const Rows>(base + j0 * d, nb, d);
+      products(static_cast<const Scalar*>(tile));
     }
   };
 
@@ -243,8 +245,9 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
     }
     Tile tile;
     for_each_tile(split, block, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
-      const Eigen::Map<const Rows> k = rows_of(a.keys, j0, nb, tile.values);
-      detail::block_logits(k.data(), nb, d, rows, query, scale, [&](int r) { return a.probs + r * cap + j0; });
+      with_rows(a.keys, j0, nb, tile.values, [&](const auto* k) {
+        detail::block_logits(k, nb, d, rows, query, scale, [&](int r) { return a.probs + r * cap + j0; });
+      });
       mask(j0, nb);
     });
   };
@@ -283,10 +286,11 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
     }
     Tile tile;
     for_each_tile(split, block, [&](std::ptrdiff_t j0, std::ptrdiff_t nb) {
-      const Eigen::Map<const Rows> v = rows_of(a.values, j0, nb, tile.values);
-      detail::block_weighted_sums(
-          v.data(), nb, d, rows, [&](int r) { return a.probs + r * cap + j0; },
-          [&](int r) { return destination(split, r); });
+      with_rows(a.values, j0, nb, tile.values, [&](const auto* v) {
+        detail::block_weighted_sums(
+            v, nb, d, rows, [&](int r) { return a.probs + r * cap + j0; },
+            [&](int r) { return destination(split, r); });
+      });
     });
   };
   run(splits, values_of_range);

@@ -10,16 +10,21 @@
 /// keys' dot products for each of the two rows run side by side in sixteen accumulators, and one
 /// transpose-and-add tree (30 shuffles and 15 adds, on another port than the FMAs) turns them into sixteen
 /// logits, each key's sum formed alike whichever rows and keys come with it; the weighted sums keep both
-/// output rows in registers across the block. An odd last row goes alone. Elsewhere (no AVX-512, double,
-/// head_dim not a multiple of 16 or above 256, 128 for the weighted sums), Eigen's matrix-vector products:
-/// the portable path, built and tested where -march does not reach AVX-512.
+/// output rows in registers across the block. An odd last row goes alone. With AVX2 and FMA, 16-bit rows
+/// (stored as half or bfloat16) go through the same scheme at eight lanes, converted as they are loaded (F16C
+/// for half, a shift for bfloat16), so that a 16-bit cache is read at two bytes a value and never widened
+/// into a float copy: eight accumulators (eight keys for one query row, four for each of two), and the
+/// weighted sums in strips of columns whose sums fit in eight registers. Float rows on AVX2 take Eigen's
+/// matrix-vector products, which this scheme did not beat (within 5% either way, measured in
+/// bench_attention). Elsewhere (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector
+/// products: the portable path, built and tested where -march reaches neither.
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -31,6 +36,25 @@
 #endif
 
 namespace kvevict::detail {
+
+/// f(q, o) over the `rows` rows in pairs, then an odd last row alone: q and o arrays of 2 or 1 pointers.
+template <class Query, class Out, class F>
+void in_pairs(int rows, Query& query, Out& out, F&& f) {
+  int r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const float* const q[2] = {query(r), query(r + 1)};
+    float* const o[2] = {out(r), out(r + 1)};
+    f(q, o);
+  }
+  if (r < rows) {
+    const float* const q[1] = {query(r)};
+    float* const o[1] = {out(r)};
+    f(q, o);
+  }
+}
+/// The number of pointers in one of in_pairs' arrays, as a constant.
+template <class Array>
+inline constexpr std::size_t count_of = std::extent_v<std::remove_reference_t<Array>>;
 
 #if defined(__AVX512F__)
 // The shuffles through their masked forms with every lane kept: GCC 12's unmasked forms pass an undefined
@@ -157,65 +181,186 @@ void weighted_sums_avx512(const float* values, std::ptrdiff_t nb, const float* c
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__)
+/// Eight stored 16-bit K or V values as floats, converted in registers.
+inline __m256 load8(const Eigen::bfloat16* p) {  // a bfloat16 is the top half of a float
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+#if defined(__F16C__)
+inline __m256 load8(const Eigen::half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+
+/// Lane k of the result is the sum of the 8 lanes of v[k], by the same tree for every k:
+/// ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)).
+inline __m256 sum_each_of_8(const __m256 (&v)[8]) {
+  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+  // Lanes 0-3 of u0 hold the sums of the low halves of v[0] ... v[3], lanes 4-7 those of the high halves.
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/// For kRows (1 or 2) query rows q[r] and the `count` (<= 8 / kRows) rows k_i from `k`, d floats each: lane
+/// r x 8 / kRows + i holds k_i . q[r]; the lanes of missing keys are 0.
+template <std::size_t kRows, bool kPartial, class Stored>
+inline __m256 dots_avx2(const Stored* k, std::ptrdiff_t d, const float* const (&q)[kRows], int count) {
+  constexpr int kKeys = 8 / int(kRows);
+  __m256 acc[8];
+  KVEVICT_UNROLLED for (auto& a : acc) a = _mm256_setzero_ps();
+  for (std::ptrdiff_t c = 0; c < d; c += 8) {
+    __m256 qc[kRows];
+    KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) qc[r] = _mm256_loadu_ps(q[r] + c);
+    KVEVICT_UNROLLED for (int i = 0; i < kKeys; ++i) {
+      if (kPartial && i >= count) continue;
+      const __m256 kc = load8(k + i * d + c);
+      KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
+        acc[int(r) * kKeys + i] = _mm256_fmadd_ps(kc, qc[r], acc[int(r) * kKeys + i]);
+      }
+    }
+  }
+  return sum_each_of_8(acc);
+}
+
+/// out[r][j] = scale x (k_j . q[r]) for kRows (1 or 2) query rows, 8 / kRows keys at a time.
+template <std::size_t kRows, class Stored>
+void logits_avx2(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, const float* const (&q)[kRows], __m256 scales,
+                 float* const (&out)[kRows]) {
+  constexpr std::ptrdiff_t kKeys = 8 / std::ptrdiff_t(kRows);
+  for (std::ptrdiff_t j = 0; j < nb; j += kKeys) {
+    const int count = int(std::min(kKeys, nb - j));
+    const __m256 all = _mm256_mul_ps(scales, count == kKeys ? dots_avx2<kRows, false>(keys + j * d, d, q, count)
+                                                            : dots_avx2<kRows, true>(keys + j * d, d, q, count));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, all);
+    KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) std::copy_n(lanes + r * kKeys, count, out[r] + j);
+  }
+}
+
+/// out[r][c0 + i] += sum_j p[r][j] v_j[c0 + i] for i < 8 x kChunks: a strip of columns whose sums stay in
+/// registers across the block. An element's sum is formed alike whatever the strip and kRows are.
+template <std::size_t kChunks, std::size_t kRows, class Stored>
+void weighted_strip_avx2(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t d, std::ptrdiff_t c0,
+                         const float* const (&p)[kRows], float* const (&out)[kRows]) {
+  __m256 sum[kRows][kChunks];
+  KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
+    KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) sum[r][c] = _mm256_setzero_ps();
+  }
+  for (std::ptrdiff_t j = 0; j < nb; ++j) {
+    __m256 w[kRows];
+    KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) w[r] = _mm256_broadcast_ss(p[r] + j);
+    const Stored* v = values + j * d + c0;
+    KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
+      const __m256 vc = load8(v + 8 * c);
+      KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) sum[r][c] = _mm256_fmadd_ps(w[r], vc, sum[r][c]);
+    }
+  }
+  KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
+    KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
+      float* o = out[r] + c0 + 8 * std::ptrdiff_t(c);
+      _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), sum[r][c]));
+    }
+  }
+}
+
+/// out[r] += sum_j p[r][j] v_j for kRows (1 or 2) rows at once: strips of 8 / kRows chunks of eight columns
+/// (eight independent sums, enough to cover the FMA latency on two ports), then any columns left one chunk at a
+/// time.
+template <std::size_t kRows, class Stored>
+void weighted_sums_avx2(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t d, const float* const (&p)[kRows],
+                        float* const (&out)[kRows]) {
+  constexpr std::ptrdiff_t kStrip = 8 * (8 / std::ptrdiff_t(kRows));
+  std::ptrdiff_t c0 = 0;
+  for (; c0 + kStrip <= d; c0 += kStrip) weighted_strip_avx2<8 / kRows, kRows>(values, nb, d, c0, p, out);
+  for (; c0 < d; c0 += 8) weighted_strip_avx2<1, kRows>(values, nb, d, c0, p, out);
+}
+
+#define KVEVICT_AVX2_PRODUCTS 1
+#endif
+
+/// Whether block_logits and block_weighted_sums take rows stored as `Stored` (for 16-bit rows, head_dim a
+/// multiple of 8), converting them in registers; where not, the caller widens 16-bit rows to float first. With
+/// AVX-512, 16-bit rows are widened for its sixteen-lane path.
+template <class Stored>
+inline constexpr bool reads_stored_rows = std::is_same_v<Stored, float> || std::is_same_v<Stored, double>
+#if defined(KVEVICT_AVX2_PRODUCTS) && !defined(__AVX512F__)
+                                          || std::is_same_v<Stored, Eigen::bfloat16>
+#if defined(__F16C__)
+                                          || std::is_same_v<Stored, Eigen::half>
+#endif
+#endif
+    ;
+
 /// out(r)[j] = scale x (k_j . query(r)) for the `nb` rows k_j of `keys` (row-major, `d` columns) and the
-/// `rows` query rows r. A key's logit is formed alike whichever rows and keys come with it.
-template <class Scalar, class Query, class Out>
-void block_logits(const Scalar* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Query&& query, Scalar scale,
+/// `rows` query rows r. A key's logit is formed alike whichever rows and keys come with it. Keys stored in 16
+/// bits only where reads_stored_rows<Stored> and d is a multiple of 8.
+template <class Stored, class Scalar, class Query, class Out>
+void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Query&& query, Scalar scale,
                   Out&& out) {
-  int r = 0;
+  if constexpr (std::is_same_v<Stored, float>) {
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<Scalar, float>) {
-    with_chunks<16>(d, [&](auto chunks) {
-      const __m512 scales = _mm512_set1_ps(scale);
-      for (; r + 2 <= rows; r += 2) {
-        const float* const q[2] = {query(r), query(r + 1)};
-        float* const o[2] = {out(r), out(r + 1)};
-        logits_avx512<chunks(), 2>(keys, nb, q, scales, o);
-      }
-      if (r < rows) {
-        const float* const q[1] = {query(r)};
-        float* const o[1] = {out(r)};
-        logits_avx512<chunks(), 1>(keys, nb, q, scales, o);
-      }
-      r = rows;
+    const bool done = with_chunks<16>(d, [&](auto chunks) {
+      in_pairs(rows, query, out, [&](const auto& q, const auto& o) {
+        logits_avx512<chunks(), count_of<decltype(q)>>(keys, nb, q, _mm512_set1_ps(scale), o);
+      });
     });
+    if (done) return;
+#endif
+  }
+#if defined(KVEVICT_AVX2_PRODUCTS)
+  if constexpr (!std::is_same_v<Stored, Scalar> && reads_stored_rows<Stored>) {
+    if (d % 8 == 0) {
+      in_pairs(rows, query, out, [&](const auto& q, const auto& o) {
+        logits_avx2<count_of<decltype(q)>>(keys, nb, d, q, _mm256_set1_ps(scale), o);
+      });
+      return;
+    }
   }
 #endif
-  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Column = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
-  for (; r < rows; ++r)
-    Eigen::Map<Column>(out(r), nb).noalias() =
-        scale * (Eigen::Map<const Rows>(keys, nb, d) * Eigen::Map<const Column>(query(r), d));
+  if constexpr (std::is_same_v<Stored, Scalar>) {
+    using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using Column = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+    for (int r = 0; r < rows; ++r)
+      Eigen::Map<Column>(out(r), nb).noalias() =
+          scale * (Eigen::Map<const Rows>(keys, nb, d) * Eigen::Map<const Column>(query(r), d));
+  }
 }
 
 /// out_r += sum_j p_r[j] v_j over the `nb` rows v_j of `values` (row-major, `d` columns), for the `rows` rows r
-/// whose weights are at weights(r) and whose output is at out(r).
-template <class Scalar, class Weights, class Out>
-void block_weighted_sums(const Scalar* values, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Weights&& weights,
+/// whose weights are at weights(r) and whose output is at out(r). Values stored in 16 bits only where
+/// reads_stored_rows<Stored> and d is a multiple of 8.
+template <class Stored, class Weights, class Out>
+void block_weighted_sums(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Weights&& weights,
                          Out&& out) {
-  int r = 0;
+  if constexpr (std::is_same_v<Stored, float>) {
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<Scalar, float>) {
-    with_chunks<8>(d, [&](auto chunks) {
-      for (; r + 2 <= rows; r += 2) {
-        const float* const p[2] = {weights(r), weights(r + 1)};
-        float* const o[2] = {out(r), out(r + 1)};
-        weighted_sums_avx512<chunks(), 2>(values, nb, p, o);
-      }
-      if (r < rows) {
-        const float* const p[1] = {weights(r)};
-        float* const o[1] = {out(r)};
-        weighted_sums_avx512<chunks(), 1>(values, nb, p, o);
-      }
-      r = rows;
+    const bool done = with_chunks<8>(d, [&](auto chunks) {
+      in_pairs(rows, weights, out, [&](const auto& p, const auto& o) {
+        weighted_sums_avx512<chunks(), count_of<decltype(p)>>(values, nb, p, o);
+      });
     });
+    if (done) return;
+#endif
+  }
+  using Scalar = std::remove_pointer_t<std::invoke_result_t<Out&, int>>;
+#if defined(KVEVICT_AVX2_PRODUCTS)
+  if constexpr (!std::is_same_v<Stored, Scalar> && reads_stored_rows<Stored>) {
+    if (d % 8 == 0) {
+      in_pairs(rows, weights, out,
+               [&](const auto& p, const auto& o) { weighted_sums_avx2<count_of<decltype(p)>>(values, nb, d, p, o); });
+      return;
+    }
   }
 #endif
-  using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
-  for (; r < rows; ++r)
-    Eigen::Map<Row>(out(r), d).noalias() +=
-        Eigen::Map<const Row>(weights(r), nb) * Eigen::Map<const Rows>(values, nb, d);
+  if constexpr (std::is_same_v<Stored, Scalar>) {
+    using Rows = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+    for (int r = 0; r < rows; ++r)
+      Eigen::Map<Row>(out(r), d).noalias() +=
+          Eigen::Map<const Row>(weights(r), nb) * Eigen::Map<const Rows>(values, nb, d);
+  }
 }
 
 }  // namespace kvevict::detail

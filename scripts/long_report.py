@@ -4,8 +4,8 @@
     long_report.py RUN_DIR DOCS_DIR
 
 RUN_DIR holds six_novels_nll.csv (and pride_nll.csv if run B was made, long_nll.csv if run L was, cachepos_nll.csv
-if run P was). Writes DOCS_DIR/past_window.png and
-DOCS_DIR/long_run.png, and prints markdown tables: perplexity per policy in 1024-token buckets starting at
+if run P was). Writes DOCS_DIR/past_window.png (past_window_pride.png for
+run B) and DOCS_DIR/long_run.png, and prints markdown tables: perplexity per policy in 1024-token buckets starting at
 about 1K, 4K, 8K, 12K, 16K, 24K and 32K tokens, each with a 95% block-bootstrap interval; paired comparisons
 past the window (tokens 8192 onward); H2O and AhaKV at positions within the cache against the same policies at
 their original positions; and the long run in buckets of 10,000 tokens.
@@ -150,14 +150,14 @@ def main(run_dir, docs):
     present = [(f, t) for f, t in texts if os.path.exists(os.path.join(run_dir, f + "_nll.csv"))]
     data = {f: load(os.path.join(run_dir, f + "_nll.csv")) for f, _ in present}
 
-    fig, axes = plt.subplots(1, len(present), figsize=(6.5 * len(present), 4.5), squeeze=False)
-    for ax, (f, title) in zip(axes[0], present):
+    for f, title in present:  # one figure per text, so a step run alone redraws only its own
         tokens, labels, nll = data[f]
         window = tokens <= 32768
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
         plot_buckets(ax, tokens[window], labels, nll[window], 1024, title)
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(docs, "past_window.png"), dpi=110)
+        fig.tight_layout()
+        fig.savefig(os.path.join(docs, "past_window.png" if f == "six_novels" else f"past_window_{f}.png"), dpi=110)
 
     for f, title in present:
         tokens, labels, nll = data[f]

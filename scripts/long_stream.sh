@@ -8,7 +8,7 @@
 #      tokens as A, to test whether keeping keys at their original positions is what breaks them past the
 #      window (about 40 minutes).
 #   B: the same runs on Pride and Prejudice (then Sense and Sensibility), 32,768 tokens, dense over 10,240,
-#      without the long run.
+#      without the long run (about 30 minutes).
 #   R: sliding window with recompute at budget 256 scored on every token of a stretch of 1024 of Persuasion
 #      (tokens 300-1323), with dense, window and StreamingLLM on exactly those tokens, and its time per token
 #      against StreamingLLM timed alone (about 20 minutes).

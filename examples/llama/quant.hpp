@@ -256,6 +256,11 @@ void multiply_tiles(const std::uint8_t* first_row, std::size_t row_bytes, std::i
   std::int64_t r = 0;
   for (; r + 4 <= n_rows; r += 4) {
     const Block* rows[4] = {row(r), row(r + 1), row(r + 2), row(r + 3)};
+    // The next four rows, asked for now: with one column (decode) a row is done before the hardware prefetcher
+    // has ramped up on it. Rows from memory, one column: Q8_0 2.1x faster with this, Q4_1 1.15x (bench_quant).
+    if (r + 8 <= n_rows)
+      for (std::size_t byte = 0; byte < 4 * row_bytes; byte += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(row(r + 4)) + byte, _MM_HINT_T0);
     int c = 0;
     if constexpr (kWideCols > 2)
       for (; c + int(kWideCols) <= n_cols; c += int(kWideCols)) {

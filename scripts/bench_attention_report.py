@@ -6,7 +6,8 @@
 
 Memory share: the kernel's bytes per second over the read-only pass's over the same K/V bytes (same storage
 type, tokens and head_dim). Arithmetic share: the kernel's FMAs per second (2 * n * group * head_dim per step)
-over this core's FMA rate (BM_FmaPeak). Also the 16-bit speed-up (float's time over each 16-bit type's) and
+over this core's FMA rate (BM_FmaPeak); from memory, the most memory share that FMA rate allows and the
+kernel's share of the roofline. Also the 16-bit speed-up (float's time over each 16-bit type's) and
 the speed-up of a second thread (BM_AttentionKernelTwoThreads), and a prefill chunk's two paths
 (BM_AttentionChunk).
 """
@@ -14,6 +15,26 @@ import json
 import sys
 
 TYPES = [("float", "f32"), ("Eigen::half", "f16"), ("Eigen::bfloat16", "bf16")]
+
+
+def print_roofline(kernel, passes, peak):
+    """From memory (n >= 64K), the roofline: a step's time can be no less than the larger of its bytes over the
+    read-only pass's rate and its FMAs over the FMA rate. Where the FMAs take longer, the memory share cannot
+    reach 100%: the ceiling column is the most it can be (pass time over FMA time). The kernel's share of the
+    roofline is the larger of its two shares."""
+    print("\nFrom memory against the roofline: the most memory share the FMA rate allows (ceiling) and the")
+    print("kernel's share of the roofline (the larger of its two shares):\n")
+    print("| head_dim | group | n | " + " | ".join(f"{t} ceiling / roofline" for _, t in TYPES) + " |")
+    print("|---|---|---|" + "---|" * len(TYPES))
+    shapes = sorted({k[1:] for k in kernel if k[1] >= 65536}, key=lambda s: (s[1], s[2], s[0]))
+    for n, d, group in shapes:
+        cells = [str(d), str(group), f"{n // 1024}K"]
+        for storage, _ in TYPES:
+            r = kernel[(storage, n, d, group)]
+            memory, arithmetic = r["bytes_per_second"] / passes[(storage, n, d)], r["fma"] / peak
+            ceiling = min(1.0, memory / arithmetic)  # (bytes / pass) / (FMAs / peak): the kernel's time cancels
+            cells.append(f"{100 * ceiling:.0f}% / {100 * max(memory, arithmetic):.0f}%")
+        print("| " + " | ".join(cells) + " |")
 
 
 def main(path):
@@ -56,6 +77,7 @@ def main(path):
         cells.append(f"{times['f32'] / times['f16']:.2f}")
         cells.append(f"{times['f32'] / times['bf16']:.2f}")
         print("| " + " | ".join(cells) + " |")
+    print_roofline(kernel, passes, peak)
     if two:
         print("\nTwo threads (keys split in two ranges) against one:\n")
         print("| storage | head_dim | group | n | one thread us | two threads us | speed-up |")

@@ -427,14 +427,19 @@ void expect_block_products_match_double_sums() {
       const auto rows_n = static_cast<std::size_t>(nb * d), d_n = static_cast<std::size_t>(d),
                  nb_n = static_cast<std::size_t>(nb);
       std::vector<Stored> rows(rows_n);
-      std::vector<Scalar> q(3 * d_n);
+      constexpr int kMostRows = 7;  // tiles of four, a pair and a row alone: 1-7 rows reach every mix
+      std::vector<Scalar> q(kMostRows * d_n);
       for (auto& x : rows) x = Stored(dist(rng));
       for (auto& x : q) x = Scalar(dist(rng));
       const Scalar scale = Scalar(0.125);
-      // Logits for 1, 2 and 3 query rows (rows go in pairs, an odd one alone): each as the double sum says, and
-      // a row's logits the same bits whichever rows come with it.
-      std::vector<Scalar> alone;
-      for (int n_rows : {1, 2, 3}) {
+      // Logits for 1 to 7 query rows (rows go in fours or pairs, an odd one alone): each as the double sum says,
+      // and a row's logits the same bits whichever rows come with it (row r alone: the query pointer at row r).
+      std::vector<Scalar> alone(nb_n * kMostRows);
+      for (int r = 0; r < kMostRows; ++r)
+        kvevict::detail::block_logits(
+            rows.data(), nb, d, 1, [&](int) { return q.data() + r * d; }, scale,
+            [&](int) { return alone.data() + r * nb; });
+      for (int n_rows = 1; n_rows <= kMostRows; ++n_rows) {
         std::vector<Scalar> logits(nb_n * std::size_t(n_rows));
         kvevict::detail::block_logits(
             rows.data(), nb, d, n_rows, [&](int r) { return q.data() + r * d; }, scale,
@@ -451,15 +456,19 @@ void expect_block_products_match_double_sums() {
                         4 * d * eps * double(scale) * magnitude)
                 << "row " << r << " of " << n_rows << ", logit " << j << " of " << nb << ", head_dim " << d;
           }
-        if (alone.empty()) alone = logits;
-        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), logits.begin())) << n_rows << " rows, head_dim " << d;
+        EXPECT_TRUE(std::equal(logits.begin(), logits.end(), alone.begin())) << n_rows << " rows, head_dim " << d;
       }
-      // Weighted sums for 1, 2 and 3 query rows (pairs and an odd one), each row its own weights: each as the
-      // double sum says, and a row's sums the same bits whichever rows come with it.
-      std::vector<Scalar> weights(nb_n * 3), start(d_n * 3), first_alone;
+      // Weighted sums for 1 to 7 query rows, each row its own weights: each as the double sum says, and a row's
+      // sums the same bits whichever rows come with it.
+      std::vector<Scalar> weights(nb_n * kMostRows), start(d_n * kMostRows);
       for (auto& x : weights) x = Scalar(std::abs(dist(rng)));
       for (auto& x : start) x = Scalar(dist(rng));
-      for (int n_rows : {1, 2, 3}) {
+      std::vector<Scalar> sums_alone = start;
+      for (int r = 0; r < kMostRows; ++r)
+        kvevict::detail::block_weighted_sums(
+            rows.data(), nb, d, 1, [&](int) { return weights.data() + r * nb; },
+            [&](int) { return sums_alone.data() + r * d; });
+      for (int n_rows = 1; n_rows <= kMostRows; ++n_rows) {
         std::vector<Scalar> out = start;
         kvevict::detail::block_weighted_sums(
             rows.data(), nb, d, n_rows, [&](int r) { return weights.data() + r * nb; },
@@ -475,8 +484,7 @@ void expect_block_products_match_double_sums() {
             EXPECT_NEAR(double(out[std::size_t(r * d + i)]), exact, 4 * (nb + 1) * eps * magnitude)
                 << "row " << r << " of " << n_rows << ", output " << i << " over " << nb << " keys, head_dim " << d;
           }
-        if (first_alone.empty()) first_alone.assign(out.begin(), out.begin() + d);
-        EXPECT_TRUE(std::equal(first_alone.begin(), first_alone.end(), out.begin()))
+        EXPECT_TRUE(std::equal(out.begin(), out.begin() + n_rows * d, sums_alone.begin()))
             << n_rows << " rows, head_dim " << d;
       }
     }

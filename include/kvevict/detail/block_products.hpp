@@ -13,11 +13,13 @@
 /// output rows in registers across the block. An odd last row goes alone. With AVX2 and FMA, 16-bit rows
 /// (stored as half or bfloat16) go through the same scheme at eight lanes, converted as they are loaded (F16C
 /// for half, a shift for bfloat16), so that a 16-bit cache is read at two bytes a value and never widened
-/// into a float copy: eight accumulators (eight keys for one query row, four for each of two), and the
-/// weighted sums in strips of columns whose sums fit in eight registers. Float rows on AVX2 take Eigen's
-/// matrix-vector products, which this scheme did not beat (within 5% either way, measured in
-/// bench_attention). Elsewhere (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector
-/// products: the portable path, built and tested where -march reaches neither.
+/// into a float copy: query rows in fours where the group has four (a converted row then serves four FMAs),
+/// eight accumulators (eight keys for one query row, four for each of two, two for each of four), the logits
+/// stored straight from the register, and the weighted sums in strips of columns whose sums fit in eight
+/// registers. Float rows on AVX2 take Eigen's matrix-vector products: this scheme beat them by 1.1-1.3x at
+/// head_dim 64 in cache but lost by up to 1.7x at head_dim 128 with 16K tokens (bench_attention). Elsewhere (double,
+/// head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector products: the portable path, built and tested
+/// where -march reaches neither.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -52,6 +54,25 @@ void in_pairs(int rows, Query& query, Out& out, F&& f) {
     f(q, o);
   }
 }
+
+/// f(q, o) with the query rows r, r + 1, ... of one tile: q and o arrays of sizeof...(I) pointers.
+template <std::size_t... I, class Query, class Out, class F>
+void tile_at(int r, Query& query, Out& out, F& f, std::index_sequence<I...>) {
+  const float* const q[] = {query(r + int(I))...};
+  float* const o[] = {out(r + int(I))...};
+  f(q, o);
+}
+
+/// f(q, o) over the `rows` rows in tiles of four, then a pair and a last row alone (a tile of three measured
+/// slower than a pair and a row).
+template <class Query, class Out, class F>
+void in_fours(int rows, Query& query, Out& out, F&& f) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) tile_at(r, query, out, f, std::make_index_sequence<4>{});
+  if (r + 2 <= rows) tile_at(r, query, out, f, std::make_index_sequence<2>{}), r += 2;
+  if (r < rows) tile_at(r, query, out, f, std::make_index_sequence<1>{});
+}
+
 /// The number of pointers in one of in_pairs' arrays, as a constant.
 template <class Array>
 inline constexpr std::size_t count_of = std::extent_v<std::remove_reference_t<Array>>;
@@ -203,7 +224,7 @@ inline __m256 sum_each_of_8(const __m256 (&v)[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-/// For kRows (1 or 2) query rows q[r] and the `count` (<= 8 / kRows) rows k_i from `k`, d floats each: lane
+/// For kRows (1, 2 or 4) query rows q[r] and the `count` (<= 8 / kRows) rows k_i from `k`, d floats each: lane
 /// r x 8 / kRows + i holds k_i . q[r]; the lanes of missing keys are 0.
 template <std::size_t kRows, bool kPartial, class Stored>
 inline __m256 dots_avx2(const Stored* k, std::ptrdiff_t d, const float* const (&q)[kRows], int count) {
@@ -224,7 +245,25 @@ inline __m256 dots_avx2(const Stored* k, std::ptrdiff_t d, const float* const (&
   return sum_each_of_8(acc);
 }
 
-/// out[r][j] = scale x (k_j . q[r]) for kRows (1 or 2) query rows, 8 / kRows keys at a time.
+/// out[r][j + i] = lane r x 8 / kRows + i of `all` for i < 8 / kRows (kRows 1, 2 or 4): dots_avx2's layout.
+template <std::size_t kRows>
+inline void store_lanes(__m256 all, float* const (&out)[kRows], std::ptrdiff_t j) {
+  if constexpr (kRows == 1) {
+    _mm256_storeu_ps(out[0] + j, all);
+  } else if constexpr (kRows == 2) {
+    _mm_storeu_ps(out[0] + j, _mm256_castps256_ps128(all));
+    _mm_storeu_ps(out[1] + j, _mm256_extractf128_ps(all, 1));
+  } else {
+    static_assert(kRows == 4);
+    const __m128 low = _mm256_castps256_ps128(all), high = _mm256_extractf128_ps(all, 1);
+    _mm_storel_pi(reinterpret_cast<__m64*>(out[0] + j), low);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(out[1] + j), low);
+    _mm_storel_pi(reinterpret_cast<__m64*>(out[2] + j), high);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(out[3] + j), high);
+  }
+}
+
+/// out[r][j] = scale x (k_j . q[r]) for kRows (1, 2 or 4) query rows, 8 / kRows keys at a time.
 template <std::size_t kRows, class Stored>
 void logits_avx2(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, const float* const (&q)[kRows], __m256 scales,
                  float* const (&out)[kRows]) {
@@ -233,6 +272,10 @@ void logits_avx2(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, const 
     const int count = int(std::min(kKeys, nb - j));
     const __m256 all = _mm256_mul_ps(scales, count == kKeys ? dots_avx2<kRows, false>(keys + j * d, d, q, count)
                                                             : dots_avx2<kRows, true>(keys + j * d, d, q, count));
+    if (count == kKeys) {  // straight from the register: through memory, the copy took a fifth of the time
+      store_lanes(all, out, j);
+      continue;
+    }
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, all);
     KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) std::copy_n(lanes + r * kKeys, count, out[r] + j);
@@ -265,7 +308,7 @@ void weighted_strip_avx2(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t
   }
 }
 
-/// out[r] += sum_j p[r][j] v_j for kRows (1 or 2) rows at once: strips of 8 / kRows chunks of eight columns
+/// out[r] += sum_j p[r][j] v_j for kRows (1, 2 or 4) rows at once: strips of 8 / kRows chunks of eight columns
 /// (eight independent sums, enough to cover the FMA latency on two ports), then any columns left one chunk at a
 /// time.
 template <std::size_t kRows, class Stored>
@@ -312,7 +355,7 @@ void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int r
 #if defined(KVEVICT_AVX2_PRODUCTS)
   if constexpr (!std::is_same_v<Stored, Scalar> && reads_stored_rows<Stored>) {
     if (d % 8 == 0) {
-      in_pairs(rows, query, out, [&](const auto& q, const auto& o) {
+      in_fours(rows, query, out, [&](const auto& q, const auto& o) {
         logits_avx2<count_of<decltype(q)>>(keys, nb, d, q, _mm256_set1_ps(scale), o);
       });
       return;
@@ -348,7 +391,7 @@ void block_weighted_sums(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t
 #if defined(KVEVICT_AVX2_PRODUCTS)
   if constexpr (!std::is_same_v<Stored, Scalar> && reads_stored_rows<Stored>) {
     if (d % 8 == 0) {
-      in_pairs(rows, weights, out,
+      in_fours(rows, weights, out,
                [&](const auto& p, const auto& o) { weighted_sums_avx2<count_of<decltype(p)>>(values, nb, d, p, o); });
       return;
     }

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Each attention kernel's share of its two yardsticks, from one bench_attention run.
 
-    ./build/ci-cxx17/benchmarks/bench_attention --benchmark_min_time=0.2 --benchmark_format=json > attention.json
+    ./build/ci-cxx17/benchmarks/bench_attention --benchmark_min_time=0.2 --benchmark_repetitions=3 \
+        --benchmark_report_aggregates_only=true --benchmark_format=json > attention.json
     python3 scripts/bench_attention_report.py attention.json
+
+With repetitions, each benchmark's median is used (a noisy machine moves single runs by 10-20%).
 
 Memory share: the kernel's bytes per second over the read-only pass's over the same K/V bytes (same storage
 type, tokens and head_dim). Arithmetic share: the kernel's FMAs per second (2 * n * group * head_dim per step)
-over this core's FMA rate (BM_FmaPeak); from memory, the most memory share that FMA rate allows and the
-kernel's share of the roofline. Also the 16-bit speed-up (float's time over each 16-bit type's) and
+over this core's FMA rate (BM_FmaPeak); the roofline: from memory, the most memory share that FMA rate
+allows, in cache the most arithmetic share the pass's rate allows, and the kernel's share of the roofline. Also the 16-bit speed-up (float's time over each 16-bit type's) and
 the speed-up of a second thread (BM_AttentionKernelTwoThreads), and a prefill chunk's two paths
 (BM_AttentionChunk).
 """
@@ -17,22 +20,28 @@ import sys
 TYPES = [("float", "f32"), ("Eigen::half", "f16"), ("Eigen::bfloat16", "bf16")]
 
 
-def print_roofline(kernel, passes, peak):
-    """From memory (n >= 64K), the roofline: a step's time can be no less than the larger of its bytes over the
-    read-only pass's rate and its FMAs over the FMA rate. Where the FMAs take longer, the memory share cannot
-    reach 100%: the ceiling column is the most it can be (pass time over FMA time). The kernel's share of the
-    roofline is the larger of its two shares."""
-    print("\nFrom memory against the roofline: the most memory share the FMA rate allows (ceiling) and the")
-    print("kernel's share of the roofline (the larger of its two shares):\n")
+def print_roofline(kernel, passes, peak, from_memory):
+    """The roofline: a step's time can be no less than the larger of its bytes over the read-only pass's rate
+    and its FMAs over the FMA rate, so one of the two shares is capped by the other. From memory (n >= 64K),
+    where the FMAs take longer than the pass the memory share cannot reach 100%; in cache (n <= 16K), where the
+    pass (at L1, L2 or L3 speed) takes longer than the FMAs the arithmetic share cannot. The ceiling column is
+    the most that share can be (the one yardstick's time over the other's, capped at 100%); the kernel's share
+    of the roofline is the larger of its two shares."""
+    capped = "memory" if from_memory else "arithmetic"
+    print(f"\n{'From memory' if from_memory else 'In cache'} against the roofline: the most {capped} share the "
+          f"{'FMA rate' if from_memory else 'pass rate'} allows (ceiling) and")
+    print("the kernel's share of the roofline (the larger of its two shares):\n")
     print("| head_dim | group | n | " + " | ".join(f"{t} ceiling / roofline" for _, t in TYPES) + " |")
     print("|---|---|---|" + "---|" * len(TYPES))
-    shapes = sorted({k[1:] for k in kernel if k[1] >= 65536}, key=lambda s: (s[1], s[2], s[0]))
+    shapes = sorted({k[1:] for k in kernel if (k[1] >= 65536) == from_memory},
+                    key=lambda s: (s[1], s[2], s[0]))
     for n, d, group in shapes:
-        cells = [str(d), str(group), f"{n // 1024}K"]
+        cells = [str(d), str(group), f"{n // 1024}K" if n >= 1024 else str(n)]
         for storage, _ in TYPES:
             r = kernel[(storage, n, d, group)]
             memory, arithmetic = r["bytes_per_second"] / passes[(storage, n, d)], r["fma"] / peak
-            ceiling = min(1.0, memory / arithmetic)  # (bytes / pass) / (FMAs / peak): the kernel's time cancels
+            # (bytes / pass) / (FMAs / peak) or its inverse: the kernel's own time cancels.
+            ceiling = min(1.0, memory / arithmetic if from_memory else arithmetic / memory)
             cells.append(f"{100 * ceiling:.0f}% / {100 * max(memory, arithmetic):.0f}%")
         print("| " + " | ".join(cells) + " |")
 
@@ -41,7 +50,9 @@ def main(path):
     runs = json.load(open(path))["benchmarks"]
     kernel, passes, two, chunk, peak = {}, {}, {}, {}, None
     for r in runs:
-        name = r["name"]
+        if r.get("aggregate_name", "median") != "median":  # with --benchmark_repetitions: the medians
+            continue
+        name = r.get("run_name", r["name"])
         if name == "BM_FmaPeak":
             peak = r["fma"]
             continue
@@ -77,7 +88,8 @@ def main(path):
         cells.append(f"{times['f32'] / times['f16']:.2f}")
         cells.append(f"{times['f32'] / times['bf16']:.2f}")
         print("| " + " | ".join(cells) + " |")
-    print_roofline(kernel, passes, peak)
+    print_roofline(kernel, passes, peak, from_memory=True)
+    print_roofline(kernel, passes, peak, from_memory=False)
     if two:
         print("\nTwo threads (keys split in two ranges) against one:\n")
         print("| storage | head_dim | group | n | one thread us | two threads us | speed-up |")

@@ -16,8 +16,8 @@
 /// into a float copy: query rows in fours where the group has four (a converted row then serves four FMAs),
 /// eight accumulators (eight keys for one query row, four for each of two, two for each of four), the logits
 /// stored straight from the register, and the weighted sums in strips of columns whose sums fit in eight
-/// registers. Float rows on AVX2 take Eigen's matrix-vector products: this scheme beat them by 1.1-1.3x at
-/// head_dim 64 in cache but lost by up to 1.7x at head_dim 128 with 16K tokens (bench_attention). Elsewhere (double,
+/// registers. Float rows on AVX2 take Eigen's matrix-vector products: this scheme beat them by 1.1-1.5x at
+/// head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K tokens (bench_attention). Elsewhere (double,
 /// head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector products: the portable path, built and tested
 /// where -march reaches neither.
 

@@ -10,9 +10,9 @@ With repetitions, each benchmark's median is used (a noisy machine moves single 
 Memory share: the kernel's bytes per second over the read-only pass's over the same K/V bytes (same storage
 type, tokens and head_dim). Arithmetic share: the kernel's FMAs per second (2 * n * group * head_dim per step)
 over this core's FMA rate (BM_FmaPeak); the roofline: from memory, the most memory share that FMA rate
-allows, in cache the most arithmetic share the pass's rate allows, and the kernel's share of the roofline. Also the 16-bit speed-up (float's time over each 16-bit type's) and
-the speed-up of a second thread (BM_AttentionKernelTwoThreads), and a prefill chunk's two paths
-(BM_AttentionChunk).
+allows, in cache the most arithmetic share the pass's rate allows, and the kernel's share of the roofline.
+Also the 16-bit speed-up (float's time over each 16-bit type's), the speed-up of a second thread
+(BM_AttentionKernelTwoThreads), and a prefill chunk's two paths (BM_AttentionChunk).
 """
 import json
 import sys

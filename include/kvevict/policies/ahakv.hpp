@@ -23,14 +23,15 @@
 ///    (every token scored equal) and imaginary below; the floor is the model's own scale, so the score is
 ///    never flatter than the model's attention.
 ///  - AvgPool is causal with width `pool` = 5: a token's prior averages its own ||v||^2 with the four tokens
-///    before it, known when it arrives, so the prior costs O(1) per token and never changes afterwards.
-///  - max gamma is taken over the tokens held when the step's attention ran (in observe(), O(budget)), so it
+///    before it, known when it arrives, so the prior costs O(pool) per token and never changes afterwards.
+///  - max gamma is taken over the tokens held when the step's attention ran (in observe(), O(capacity)), so it
 ///    stays fixed while that step evicts: within a head it scales every score alike, and it makes scores
 ///    comparable across heads (AdaptiveHeads).
 ///  - GQA: the group's query heads are averaged into their kv head, as for H2O. Sink logits and
 ///    off-by-one do not enter the score: it is a plain (step-gain) softmax over the visible tokens.
-/// Cost per step: a second softmax over the logits, O(queries x group x budget), plus O(budget) for the
-/// recent-window update and the selection. Memory: `window` x capacity floats per head for the window.
+/// Cost per step: a second softmax over the logits, O(queries x group x capacity), plus O(queries x
+/// capacity) for the recent-window update, O(window + pool) per new token and O(capacity) to select (capacity
+/// = budget + the largest chunk or prompt). Memory: `window` x capacity floats per head for the window.
 
 #include <Eigen/Core>
 #include <algorithm>

@@ -4,7 +4,8 @@
 
 /// @file
 /// Positions within the cache for any policy: `CachePositions<H2O>` is H2O whose kept keys sit at their ranks
-/// in the cache, as StreamingLLM places its tokens (the paper's pos_shift), instead of where they arrived.
+/// in the cache, as StreamingLLM (Xiao et al., arXiv 2309.17453) places its tokens (the paper's pos_shift),
+/// instead of where they arrived.
 ///
 /// A model trained on windows of N tokens has never seen a query-key distance above N. Dense attention and
 /// every policy that keeps old keys at their original positions (H2O, AhaKV, L2 as published) reach such

@@ -12,7 +12,8 @@
 /// or max on request). The last `recent` tokens are always kept; the rest of the budget holds the heavy
 /// hitters, the highest scores, so the lowest score is evicted. `normalized` divides a score by the number
 /// of queries that saw the token (kvpress's ObservedAttention), which removes the head start of old tokens.
-/// Cost per step: O(queries x group x budget) to accumulate (the order of attention) + O(budget) to select.
+/// Cost per step: O(queries x group x capacity) to accumulate (the order of attention) + O(capacity) to
+/// select (capacity = budget + the largest chunk or prompt).
 
 #include "../detail/scoring.hpp"
 #include "../policy.hpp"

@@ -12,7 +12,8 @@
 /// kernels that never form them. The last `recent` tokens (default 1: the newest) are always kept (add
 /// sinks with `with_sinks`). The paper leaves layers 0 and 1 uncompressed:
 /// `SkipLayers<L2Norm>(l2, {0, 1}, longest)` (budgets.hpp) does that, for this policy or any other.
-/// Cost per step: O(head_dim) per new token for its norm, O(budget) to select.
+/// Cost per step: O(head_dim) per new token for its norm, O(capacity) to select (capacity = budget + the
+/// largest chunk or prompt).
 
 #include <cmath>
 #include <vector>

@@ -41,6 +41,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "cli.hpp"
@@ -370,14 +371,29 @@ struct Tee {
   std::shared_ptr<Switchboard> board;
   int layer = 0, kv_head = 0;
 
+  std::vector<float> widened;  // a 16-bit token's key and value rows as float, for the watchers
+
   void init(const kvevict::HeadContext& c) {
     layer = c.layer;
     kv_head = c.kv_head;
+    widened.resize(2 * std::size_t(c.head_dim));
   }
   int select(const kvevict::SlotView&) const noexcept { return -1; }
   bool protects(std::int64_t, std::int64_t) const noexcept { return true; }
-  void on_append(const kvevict::TokenView<float>& token) {
-    for (Watcher* w : board->watchers) w->admit(layer, kv_head, token);
+  // A 16-bit cache hands over its stored rows; the watchers read float.
+  template <class Stored>
+  void on_append(const kvevict::TokenView<Stored>& token) {
+    if constexpr (std::is_same_v<Stored, float>) {
+      for (Watcher* w : board->watchers) w->admit(layer, kv_head, token);
+    } else {
+      const std::size_t d = std::size_t(token.head_dim);
+      for (std::size_t i = 0; i < d; ++i) {
+        widened[i] = float(token.key[i]);
+        widened[d + i] = float(token.value[i]);
+      }
+      on_append(
+          kvevict::TokenView<float>{token.slot, token.position, widened.data(), widened.data() + d, token.head_dim});
+    }
   }
   void observe(const kvevict::AttentionView<float>& weights) {
     auto& reading = board->reading;
@@ -652,7 +668,7 @@ std::vector<Answer> run_cell(const llama::Model& model, const llama::Tokenizer& 
       "-",
       dense_budget,
       Reads::all,
-      compress ? model.make_cache(dense_budget, Tee{board, 0, 0}) : model.make_cache<kvevict::Dense>(dense_budget),
+      compress ? model.make_cache(dense_budget, Tee{board, 0, 0, {}}) : model.make_cache<kvevict::Dense>(dense_budget),
       nullptr};
   const int dense_capacity = dense_budget + dense.cache->max_chunk();
   std::vector<Run> runs;

@@ -45,6 +45,11 @@ class Evictor {
   };
 
   Evictor() = default;
+  /// Refuses, at compile time, a policy whose type derives from Policy: converted, it would lose what it adds.
+  template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
+  Evictor(const Derived& /*policy*/, const HeadContext& /*context*/) {
+    KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
+  }
   /// @throws InvalidArgument when a field of the context is out of range, the policy's init() or
   /// protection() rejects it, or the declared protection leaves nothing to evict (sinks + recent above the
   /// budget).

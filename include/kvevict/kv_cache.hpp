@@ -39,9 +39,10 @@ struct CacheOptions {
 /// A KV cache that owns its K/V and evicts through `Policy`.
 ///
 /// Per (layer, kv head) K and V are row-major `capacity x head_dim` blocks of `Storage`, one row per slot, with
-/// capacity = budget + max(max_chunk, max_prompt). A step appends a chunk, attends it over everything held, then evicts
-/// back to the budget; an evicted slot is reused by the next token, so eviction costs O(head_dim) per token and nothing
-/// is ever compacted. Once constructed the cache allocates nothing.
+/// capacity = the head's budget + max(max_chunk, max_prompt). A step appends a chunk, attends it over everything held,
+/// then evicts back to the budget; an evicted slot is reused by the next token, whose rows overwrite it in
+/// O(head_dim), and nothing is ever compacted. Choosing a victim is the policy's cost: O(capacity) for a score
+/// policy, O(sinks) for Window and StreamingLLM. Once constructed the cache allocates nothing.
 ///
 /// Matrices passed in hold one token per row and heads side by side: keys/values are
 /// T x (n_kv_heads * head_dim), queries/out are T x (n_q_heads * head_dim), all in the compute type (float, or
@@ -59,6 +60,11 @@ class KVCache {
   KVEVICT_CHECK_POLICY(Policy);
   static_assert(is_storage_type_v<Storage>,
                 "kvevict: KVCache stores K/V as float, double, Eigen::half or Eigen::bfloat16");
+  static_assert(detail::has_on_append<Policy, Storage>::value ||
+                    !detail::has_on_append<Policy, compute_type_t<Storage>>::value,
+                "kvevict: on_append() is handed the stored rows, TokenView<Storage> (TokenView<Eigen::half> in a "
+                "half cache); one that takes only TokenView<float> would never be called: make it a template "
+                "over the view's type, as the library's policies do");
 
  public:
   using Scalar = compute_type_t<Storage>;
@@ -73,6 +79,12 @@ class KVCache {
   using scalar_type = Scalar;
 
   /// @throws InvalidArgument for a bad shape or option, or one the policy rejects.
+  /// Refuses, at compile time, a policy whose type derives from Policy: converted, it would lose what it adds.
+  template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
+  KVCache(const Shape& /*shape*/, const Derived& /*policy*/, const CacheOptions& /*options*/ = {}) {
+    KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
+  }
+
   explicit KVCache(const Shape& shape, const Policy& policy = Policy{}, const CacheOptions& options = {})
       : shape_(validated(shape, options)), options_(options) {
     const int group = shape_.group_size();
@@ -184,7 +196,7 @@ class KVCache {
   }
 
  private:
-  static constexpr bool kHooksNoexcept = policy_traits<Policy>::template hooks_noexcept<Scalar>;
+  static constexpr bool kHooksNoexcept = policy_traits<Policy>::template hooks_noexcept<Scalar, Storage>;
 
   // Runs `step` on `layer` so that if the policy throws, the layer's heads and counters are as they were.
   // Rows written meanwhile sit in slots that are free again, and no kept key has moved: keys move only

@@ -63,7 +63,7 @@ struct HeadContext {
   int kv_head = 0;
   int n_layers = 1;
   int budget = 0;    ///< tokens this head keeps after every step
-  int capacity = 0;  ///< slots: budget plus the largest chunk appended at once
+  int capacity = 0;  ///< slots: the head's budget plus max(max_chunk, max_prompt) (KVCache::capacity)
   int head_dim = 0;
   int group_size = 1;  ///< query heads per kv head
 
@@ -191,6 +191,13 @@ template <class P>
 struct has_protection<P, std::void_t<decltype(Protect(std::declval<const P&>().protection(HeadContext{})))>>
     : std::true_type {};
 
+// A protection() callable only on a non-const policy: one the cache would never see.
+template <class P, class = void>
+struct has_mutable_protection : std::false_type {};
+template <class P>
+struct has_mutable_protection<P, std::void_t<decltype(Protect(std::declval<P&>().protection(HeadContext{})))>>
+    : std::bool_constant<!has_protection<P>::value> {};
+
 template <class P, class = void>
 struct has_init : std::false_type {};
 template <class P>
@@ -247,11 +254,11 @@ struct NothingMore {
   bool operator()(std::int64_t /*position*/) const { return false; }
 };
 
-template <class P, class S>
+template <class P, class S, class Stored>
 constexpr bool hooks_noexcept() {
   bool all = true;
-  if constexpr (has_on_append<P, S>::value)
-    all = all&& noexcept(std::declval<P&>().on_append(std::declval<const TokenView<S>&>()));
+  if constexpr (has_on_append<P, Stored>::value)
+    all = all&& noexcept(std::declval<P&>().on_append(std::declval<const TokenView<Stored>&>()));
   if constexpr (has_observe<P, S>::value)
     all = all&& noexcept(std::declval<P&>().observe(std::declval<const AttentionView<S>&>()));
   if constexpr (has_select<P>::value)
@@ -262,6 +269,19 @@ constexpr bool hooks_noexcept() {
   return all;
 }
 }  // namespace detail
+
+namespace detail {
+/// Derived derives from P and is not P: a wrapper such as with_sinks()'s Protected<P>, or Pyramid<P>, which
+/// would lose what it adds if converted to P where a P is expected.
+template <class P, class Derived>
+inline constexpr bool slices_to_v = std::is_base_of_v<P, Derived> && !std::is_same_v<P, Derived>;
+}  // namespace detail
+
+#define KVEVICT_REFUSE_SLICED_POLICY(P, Derived)                                                            \
+  static_assert(!::kvevict::detail::slices_to_v<P, Derived>,                                                \
+                "kvevict: the policy passed is of a type derived from the Policy named in the type (a "     \
+                "wrapper such as with_sinks()'s Protected<P> or a Pyramid<P>) and would lose what it adds " \
+                "if converted: name its own type, e.g. KVCache<float, kvevict::Protected<P>>")
 
 /// True when P can serve as an eviction policy (C++17 spelling of the EvictionPolicy concept).
 template <class P>
@@ -321,10 +341,11 @@ struct policy_traits {
   }
 
   /// Every per-step hook the policy has (on_append, observe, select or score, protects) is declared noexcept
-  /// for weights and views of type Scalar. Otherwise a step could fail halfway, and KVCache pays for the
-  /// strong guarantee with a copy of the layer's heads per call (see KVCache).
-  template <class Scalar>
-  static constexpr bool hooks_noexcept = detail::hooks_noexcept<P, Scalar>();
+  /// for weights of type Scalar and tokens stored as Stored (on_append sees the stored rows: a half cache calls
+  /// on_append(TokenView<Eigen::half>)). Otherwise a step could fail halfway, and KVCache pays for the strong
+  /// guarantee with a copy of the layer's heads per call (see KVCache).
+  template <class Scalar, class Stored = Scalar>
+  static constexpr bool hooks_noexcept = detail::hooks_noexcept<P, Scalar, Stored>();
 
   /// What the policy declares it never evicts: its protection() if it has one, else nothing.
   static Protect protection(const P& policy, const HeadContext& context) {
@@ -333,11 +354,15 @@ struct policy_traits {
   }
 };
 
-#define KVEVICT_CHECK_POLICY(P)                                                                             \
-  static_assert(::kvevict::is_eviction_policy_v<P>,                                                         \
-                "kvevict: not an eviction policy: the type must be copyable and provide either "            \
-                "`double score(int slot) const` or `int select(const kvevict::SlotView&) const` returning " \
-                "the slot to evict (see kvevict/policy.hpp)")
+#define KVEVICT_CHECK_POLICY(P)                                                                              \
+  static_assert(::kvevict::is_eviction_policy_v<P>,                                                          \
+                "kvevict: not an eviction policy: the type must be copyable and provide either "             \
+                "`double score(int slot) const` or `int select(const kvevict::SlotView&) const` returning "  \
+                "the slot to evict (see kvevict/policy.hpp)");                                               \
+  static_assert(!::kvevict::detail::has_mutable_protection<P>::value,                                        \
+                "kvevict: the policy's protection() must be const, "                                         \
+                "`kvevict::Protect protection(const kvevict::HeadContext&) const`; as it is it would never " \
+                "be called and the policy's sinks and recent window would go unprotected")
 
 }  // namespace kvevict
 

@@ -7,8 +7,9 @@
 //
 //   attention_sinks [MODEL.gguf TEXT.txt]    defaults: the asset cache ($KVEVICT_ASSETS or ~/.cache/kvevict)
 //
-// Without the model it tells the same story on synthetic K/V built to have sinks. Exits non-zero if the story
-// does not hold (window worse than StreamingLLM after the first eviction).
+// Without the model (and no paths given) it tells the same story on synthetic K/V built to have sinks. Exits 1
+// if the story does not hold (window worse than StreamingLLM after the first eviction) or the run fails, 2 for
+// a path it cannot read.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <memory>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -74,17 +76,15 @@ std::string read(const std::string& path) {
   ss << in.rdbuf();
   return ss.str();
 }
-}  // namespace
 
-int main(int argc, char** argv) {
-  const std::string model_path = argc > 1 ? argv[1] : asset("SmolLM2-135M-Instruct.Q4_1.gguf");
-  const std::string text_path = argc > 2 ? argv[2] : asset("austen/persuasion.txt");
-  if (!std::ifstream(model_path) || !std::ifstream(text_path)) return synthetic();
-
+int run(const std::string& model_path, const std::string& text_path) {
   const gguf::File file(model_path);
   const llama::Model model(file);
   const llama::Tokenizer tokenizer(file);
   std::vector<int> ids = tokenizer.encode(llama::normalize_text(read(text_path)).substr(0, 8 * kTokens));
+  if (ids.size() < std::size_t(kTokens))
+    throw std::runtime_error(text_path + " gives " + std::to_string(ids.size()) + " tokens in its first " +
+                             std::to_string(8 * kTokens) + " characters; the story needs " + std::to_string(kTokens));
   ids.resize(kTokens);
   const int n_layers = model.config().n_layers;
 
@@ -144,4 +144,32 @@ int main(int argc, char** argv) {
       "   256-511); keeping just the first %d tokens holds it at x%.2f.\n",
       kBudget, ppl[1][2] / ppl[0][2], kSinks, ppl[2][2] / ppl[0][2]);
   return ppl[1][2] > ppl[2][2] ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string first = argc > 1 ? argv[1] : "";
+  if (first == "-h" || first == "--help" || argc > 3) {
+    std::printf(
+        "usage: attention_sinks [MODEL.gguf TEXT.txt]\n"
+        "  defaults: the asset cache ($KVEVICT_ASSETS or ~/.cache/kvevict); without it, synthetic K/V\n");
+    return argc > 3 ? 2 : 0;
+  }
+  const std::string model_path = argc > 1 ? argv[1] : asset("SmolLM2-135M-Instruct.Q4_1.gguf");
+  const std::string text_path = argc > 2 ? argv[2] : asset("austen/persuasion.txt");
+  for (const std::string& path : {model_path, text_path})
+    if (!std::ifstream(path)) {
+      if (argc > 1) {  // a path the user named: an error, not a quiet switch to the synthetic story
+        std::fprintf(stderr, "attention_sinks: cannot read %s\n", path.c_str());
+        return 2;
+      }
+      return synthetic();
+    }
+  try {
+    return run(model_path, text_path);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attention_sinks: %s\n", e.what());
+    return 1;
+  }
 }

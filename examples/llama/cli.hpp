@@ -4,6 +4,7 @@
 #ifndef KVEVICT_EXAMPLES_LLAMA_CLI_HPP
 #define KVEVICT_EXAMPLES_LLAMA_CLI_HPP
 
+#include <cmath>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -22,8 +23,15 @@ inline std::vector<std::string> split(const std::string& s, char separator = ','
   return out;
 }
 
-/// The whole of `v` as an int, long or double: std::invalid_argument if anything is left over or nothing is
-/// a number, std::out_of_range beyond the type.
+/// Whether option argv[i] has a value after it: a next argument that is not itself an option, so that
+/// "--model --text t.txt" is a missing model rather than a model named "--text".
+inline bool has_value(int argc, char** argv, int i) {
+  return i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0;
+}
+
+/// The whole of `v` as an int, long or finite double: std::invalid_argument if anything is left over, nothing
+/// is a number or the double is NaN or infinite (which would pass every range check written as a < x < b's
+/// negation), std::out_of_range beyond the type.
 template <class T>
 T number(const std::string& v) {
   static_assert(std::is_same_v<T, int> || std::is_same_v<T, long> || std::is_same_v<T, double>);
@@ -31,6 +39,7 @@ T number(const std::string& v) {
   T x{};
   if constexpr (std::is_same_v<T, double>) {
     x = std::stod(v, &used);
+    if (!std::isfinite(x)) throw std::invalid_argument("not a finite number");
   } else {
     const long n = std::stol(v, &used);
     if (n < long(std::numeric_limits<T>::min()) || n > long(std::numeric_limits<T>::max()))

@@ -146,7 +146,9 @@ void check_policies(const Options& o) {
       usage("--policies: unknown policy " + name);
   }
   if (std::find(o.policies.begin(), o.policies.end(), "recompute") != o.policies.end() && recompute_targets(o).empty())
-    usage("--recompute-every: recompute has no token to score (--tokens is below --recompute-every + 2)");
+    usage(
+        "--recompute-every: recompute has no token to score: --tokens is below --recompute-every + 2; raise "
+        "--tokens, or leave recompute out of --policies (the default policies include it)");
 }
 
 Options parse(int argc, char** argv) {
@@ -161,7 +163,7 @@ Options parse(int argc, char** argv) {
       o.time_alone = true;
       continue;
     }
-    if (i + 1 >= argc) usage("missing value after " + a);
+    if (!cli::has_value(argc, argv, i)) usage("missing value after " + a);
     const std::string v = argv[++i];
     try {
       if (a == "--model")
@@ -246,6 +248,7 @@ std::string read_file(const std::string& path) {
   if (!in) usage("cannot read " + path);
   std::stringstream ss;
   ss << in.rdbuf();
+  if (ss.str().empty()) usage("--text: " + path + " is empty or not a file");
   return ss.str();
 }
 
@@ -507,15 +510,20 @@ void recompute(const llama::Model& model, std::vector<Run>& runs, const std::vec
 }
 
 // Seconds per token of StreamingLLM decoding alone (one sequence) on a full cache: the fair denominator for
-// recompute's seconds per token.
-double streaming_alone(const llama::Model& model, const std::vector<int>& ids, int budget) {
+// recompute's seconds per token. The cache is full (warm = budget) unless the text is shorter than the budget,
+// so the steps and the tokens before them are printed with the time.
+struct AloneTime {
+  int warm, steps;
+  double seconds_per_token;
+};
+AloneTime streaming_alone(const llama::Model& model, const std::vector<int>& ids, int budget) {
   auto cache = model.make_cache(budget, kvevict::StreamingLLM{4}, 64);
   const int warm = std::min(budget, int(ids.size()) - 2);
   model.prefill(*cache, ids.data(), warm);
   const int steps = std::min(kTimeAloneSteps, int(ids.size()) - warm);
   const auto start = std::chrono::steady_clock::now();
   for (int t = warm; t < warm + steps; ++t) model.forward({llama::Segment{cache.get(), &ids[std::size_t(t)], 1}});
-  return seconds_since(start) / steps;
+  return {warm, steps, seconds_since(start) / steps};
 }
 
 // -------------------------------------------------------------------------------------------- statistics
@@ -635,11 +643,12 @@ void print_times(const Options& opt, const llama::Model& model, const Runs& runs
   }
   if (alone_budgets.empty()) alone_budgets = opt.budgets;
   for (int b : alone_budgets) {
-    const double alone = streaming_alone(model, ids, b);
-    std::printf("time: streaming/%d alone (one sequence, %d steps on a full cache): %.4f s per token", b,
-                kTimeAloneSteps, alone);
+    const AloneTime alone = streaming_alone(model, ids, b);
+    std::printf("time: streaming/%d alone (one sequence, %d steps after %d tokens): %.4f s per token", b, alone.steps,
+                alone.warm, alone.seconds_per_token);
     for (const auto& r : runs.recompute)
-      if (r.budget == b) std::printf("; recompute/%d costs %.1fx that", b, r.seconds / double(targets) / alone);
+      if (r.budget == b)
+        std::printf("; recompute/%d costs %.1fx that", b, r.seconds / double(targets) / alone.seconds_per_token);
     std::printf("\n");
   }
 }
@@ -710,6 +719,9 @@ int main(int argc, char** argv) {
     for (const auto& [a, b] : opt.compare)
       for (const auto& label : {a, b})
         if (!runs.find(label)) usage("--compare: no run " + label + " (runs are labelled like h2o/128, or dense)");
+    for (const auto& entry : opt.run_tokens)
+      if (entry.first != "*" && !runs.find(entry.first))
+        usage("--run-tokens: no run " + entry.first + " (runs are labelled like h2o/128, or dense; * for all)");
     std::vector<int> targets;
     if (!runs.recompute.empty()) {
       targets = recompute_targets(opt);

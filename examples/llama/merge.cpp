@@ -50,6 +50,7 @@ struct Options {
 
 const char* const kUsage =
     "usage: kvevict_merge --model FILE.gguf --calibration FILE --text FILE[,FILE...] [options]\n"
+    "  --model FILE.gguf        the model (GGUF, llama architecture)\n"
     "  --calibration FILE       text whose first tokens fit the merges, rank the layers and fit the repair\n"
     "  --text FILE[,FILE...]    evaluation texts, each read from its start\n"
     "  --calibration-tokens N   calibration tokens (default 4096)\n"
@@ -68,7 +69,8 @@ const char* const kUsage =
     "  --layers-csv FILE        layer,method,cost,key_error,value_error,repair_before,repair_after,ridge\n"
     "  --equal-csv FILE         text,policy,model,original_budget,budget,kv_bytes,ppl,ppl_lo,ppl_hi,ratio,ratio_lo,\n"
     "                           ratio_hi\n"
-    "  --threads N              threads (default: all cores)\n";
+    "  --threads N              threads (default: all cores)\n"
+    "  -h, --help               this text\n";
 
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << "kvevict_merge: " << why << "\n" << kUsage;
@@ -94,7 +96,7 @@ Options parse(int argc, char** argv) {
       std::cout << kUsage;
       std::exit(0);
     }
-    if (i + 1 >= argc) usage("missing value after " + a);
+    if (!cli::has_value(argc, argv, i)) usage("missing value after " + a);
     const std::string v = argv[++i];
     if (a == "--model")
       o.model = v;

@@ -86,7 +86,8 @@ const char* const kUsage =
     "  --read-every-chunk      compress mode: every policy attends every chunk, not just those it reads\n"
     "                          (the same kept tokens, slower: a check of the shortcut)\n"
     "  --check-watchers        compress mode: also run each policy that watches dense's prefill in a cache of its\n"
-    "                          own, attending the chunks it reads, and stop unless both keep the same tokens\n";
+    "                          own, attending the chunks it reads, and stop unless both keep the same tokens\n"
+    "  -h, --help              this text\n";
 
 [[noreturn]] void usage(const std::string& message) {
   std::cerr << "kvevict_passkey: " << message << "\n" << kUsage;
@@ -126,7 +127,7 @@ Options parse(int argc, char** argv) {
       (a == "--read-every-chunk" ? o.read_every_chunk : o.check_watchers) = true;
       continue;
     }
-    if (i + 1 >= argc) usage(a + " needs a value");
+    if (!cli::has_value(argc, argv, i)) usage(a + " needs a value");
     const std::string v = argv[++i];
     if (a == "--model")
       o.model = v;
@@ -755,11 +756,6 @@ std::string csv_text(const std::string& s) {
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   std::ofstream csv;
-  if (!opt.csv.empty()) {
-    csv.open(opt.csv);
-    if (!csv) usage("--csv: cannot write " + opt.csv);
-    csv << "mode,question,policy,budget,context,depth,key,answer,correct\n";
-  }
   try {
     const gguf::File file(opt.model);
     llama::Model model(file);
@@ -770,6 +766,11 @@ int main(int argc, char** argv) {
     std::stringstream text;
     text << in.rdbuf();
     const PromptBuilder builder(tok, text.str(), opt.question == "prompt");
+    if (!opt.csv.empty()) {  // opened once the model and text have loaded: a typo in either keeps an old file
+      csv.open(opt.csv);
+      if (!csv) usage("--csv: cannot write " + opt.csv);
+      csv << "mode,question,policy,budget,context,depth,key,answer,correct\n";
+    }
 
     std::mt19937 rng(opt.seed);
     std::uniform_int_distribution<int> number(10000, 99999);

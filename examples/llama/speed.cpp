@@ -12,9 +12,11 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "model.hpp"
 #include "tokenizer.hpp"
 
@@ -36,6 +38,34 @@ double decode(const llama::Model& model, const std::vector<llama::SequenceCache*
   return seconds_since(start);
 }
 
+constexpr const char* kUsage =
+    "usage: kvevict_speed --model M.gguf --text novel.txt [options]\n"
+    "The engine's speed on the real model: decode, prefill, N sequences side by side, and sliding window with\n"
+    "recompute against StreamingLLM at each budget.\n"
+    "  --threads N           worker threads (default: the model's, one per core)\n"
+    "  --sequences N         sequences side by side in the batched run, 1-1024 (default 16)\n"
+    "  --budgets B[,B...]    budgets of the recompute runs, 1-8192 (default 256,1024)\n"
+    "  -h, --help            this text\n";
+
+int usage(const std::string& why) {
+  std::cerr << "kvevict_speed: " << why << " (--help)\n";
+  return 2;
+}
+
+// `v` as an int in [low, high]; std::invalid_argument naming the range otherwise.
+int bounded(const std::string& v, int low, int high) {
+  int n = 0;
+  try {
+    n = cli::number<int>(v);
+  } catch (const std::exception&) {
+    n = low - 1;
+  }
+  if (n < low || n > high)
+    throw std::invalid_argument("expected an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
+                                "], got " + v);
+  return n;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -44,43 +74,51 @@ int main(int argc, char** argv) {
   std::vector<int> budgets{256, 1024};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--help" || a == "-h" || i + 1 >= argc) {
-      std::cerr << "usage: kvevict_speed --model M.gguf --text novel.txt [--threads N] [--sequences N] "
-                   "[--budgets 256,1024]\n";
-      return a == "--help" || a == "-h" ? 0 : 2;
+    if (a == "--help" || a == "-h") {
+      std::cout << kUsage;
+      return 0;
     }
+    if (!cli::has_value(argc, argv, i)) return usage("missing value after " + a);
     const std::string v = argv[++i];
-    if (a == "--model") {
-      model_path = v;
-    } else if (a == "--text") {
-      text_path = v;
-    } else if (a == "--threads") {
-      threads = std::stoi(v);
-    } else if (a == "--sequences") {
-      sequences = std::stoi(v);
-    } else if (a == "--budgets") {
-      budgets.clear();
-      std::stringstream ss(v);
-      for (std::string b; std::getline(ss, b, ',');) budgets.push_back(std::stoi(b));
-    } else {
-      std::cerr << "kvevict_speed: unknown option " << a << "\n";
-      return 2;
+    try {
+      if (a == "--model") {
+        model_path = v;
+      } else if (a == "--text") {
+        text_path = v;
+      } else if (a == "--threads") {
+        threads = bounded(v, 1, 256);
+      } else if (a == "--sequences") {
+        sequences = bounded(v, 1, 1024);
+      } else if (a == "--budgets") {
+        budgets.clear();
+        for (const auto& b : cli::split(v)) budgets.push_back(bounded(b, 1, 8192));
+        if (budgets.empty()) return usage("--budgets names no budget");
+      } else {
+        return usage("unknown option " + a);
+      }
+    } catch (const std::invalid_argument& e) {
+      return usage(a + ": " + e.what());
     }
   }
-  if (model_path.empty() || text_path.empty()) {
-    std::cerr << "kvevict_speed: --model and --text are required (--help)\n";
-    return 2;
-  }
+  if (model_path.empty() || text_path.empty()) return usage("--model and --text are required");
   try {
     const gguf::File file(model_path);
     llama::Model model(file);
     if (threads > 0) model.set_threads(threads);
     const llama::Tokenizer tokenizer(file);
     std::ifstream in(text_path);
+    if (!in) throw std::runtime_error("cannot read " + text_path);
     std::stringstream ss;
     ss << in.rdbuf();
     const std::vector<int> ids = tokenizer.encode(llama::normalize_text(ss.str().substr(0, 40000)));
-    if (ids.size() < 4096) throw std::runtime_error("the text is too short for the speed runs");
+    if (ids.size() < 4096)
+      throw std::runtime_error(text_path + " gives " + std::to_string(ids.size()) +
+                               " tokens in its first 40,000 characters; the speed runs need 4096");
+    for (int b : budgets)  // the recompute runs read up to token b + 128
+      if (std::size_t(b) + 129 > ids.size())
+        throw std::runtime_error("--budgets " + std::to_string(b) + " needs " + std::to_string(b + 129) +
+                                 " tokens of text; " + text_path + " gives " + std::to_string(ids.size()) +
+                                 " in its first 40,000 characters");
     std::printf("kvevict engine, %s products, %d threads\n", llama::quant::implementation(), model.threads());
 
     {  // decode

@@ -77,6 +77,11 @@ struct Pyramid : Policy {
 
   Pyramid() = default;
   explicit Pyramid(const Policy& policy, double beta_ = 20.0) : Policy(policy), beta(beta_) {}
+  /// Refuses a policy whose type derives from Policy: converted, it would lose what it adds.
+  template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
+  explicit Pyramid(const Derived& /*policy*/, double /*beta_*/ = 20.0) {
+    KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
+  }
 
   int layer_budget(int layer, int n_layers, int budget) const { return pyramid_budget(layer, n_layers, budget, beta); }
 };
@@ -94,6 +99,11 @@ struct AdaptiveHeads : Policy {
 
   AdaptiveHeads() = default;
   explicit AdaptiveHeads(const Policy& policy, double floor_ = 0.2) : Policy(policy), floor(floor_) {}
+  /// Refuses a policy whose type derives from Policy: converted, it would lose what it adds.
+  template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
+  explicit AdaptiveHeads(const Derived& /*policy*/, double /*floor_*/ = 0.2) {
+    KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
+  }
 
   /// Tokens no head of a layer with `budget` per head goes below.
   /// @throws InvalidArgument unless 0 <= floor <= 1.
@@ -115,6 +125,11 @@ struct SkipLayers : Policy {
   SkipLayers() = default;
   SkipLayers(const Policy& policy, std::vector<int> layers, int uncompressed)
       : Policy(policy), skip_layers(std::move(layers)), uncompressed_budget(uncompressed) {}
+  /// Refuses a policy whose type derives from Policy: converted, it would lose what it adds.
+  template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
+  SkipLayers(const Derived& /*policy*/, std::vector<int> /*layers*/, int /*uncompressed*/) {
+    KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
+  }
 
   /// @throws InvalidArgument for a skipped layer outside [0, n_layers), or an uncompressed_budget below the
   /// budget the layer would have compressed.

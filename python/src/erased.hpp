@@ -99,8 +99,8 @@ auto with_policy(const PolicySpec& spec, bool for_evictor, Make&& make) {
           case Composed::Kind::pyramid:
             if constexpr (std::is_same_v<P, L2NormPy>) {  // the skipped layers stay outside the schedule
               if (!for_evictor)
-                return make(
-                    SkipLayers<Pyramid<L2Norm>>(Pyramid<L2Norm>(p, c.beta), p.skip_layers, p.uncompressed_budget));
+                return make(SkipLayers<Pyramid<L2Norm>>(Pyramid<L2Norm>(static_cast<const L2Norm&>(p), c.beta),
+                                                        p.skip_layers, p.uncompressed_budget));
             } else if constexpr (kCanPyramid<P>) {
               if (!for_evictor) return make(Pyramid<P>(p, c.beta));
             }

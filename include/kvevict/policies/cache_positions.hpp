@@ -26,6 +26,11 @@ struct CachePositions : Policy {
 
   CachePositions() = default;
   explicit CachePositions(const Policy& policy) : Policy(policy) {}
+  /// Refuses a policy whose type derives from Policy: converted, it would lose what it adds.
+  template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
+  explicit CachePositions(const Derived& /*policy*/) {
+    KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
+  }
 };
 
 }  // namespace kvevict

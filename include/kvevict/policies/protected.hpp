@@ -27,6 +27,11 @@ struct Protected : Policy {
 
   Protected() = default;
   Protected(const Policy& policy, Protect more) : Policy(policy), extra(more) {}
+  /// Refuses a policy whose type derives from Policy: converted, it would lose what it adds.
+  template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
+  Protected(const Derived& /*policy*/, Protect /*more*/) {
+    KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
+  }
 
   Protect protection(const HeadContext& context) const {
     return policy_traits<Policy>::protection(*this, context) | extra;

@@ -10,9 +10,10 @@
 /// Positions are those within the cache (the paper's pos_shift): the query sits at rank `sinks + window`,
 /// so recent tokens keep their distances to it and only the sinks move one step closer when a token
 /// leaves. The cache re-rotates the sink rows alone, from a double copy so that they stay on their exact
-/// rotation over millions of tokens (KeyShifter in rope.hpp). Cost per step: O(1) bookkeeping, plus
-/// O(sinks x head_dim) re-rotation once the cache is full (sines and cosines once per 4096 tokens);
-/// 2 x sinks x head_dim doubles per (layer, kv head).
+/// rotation over millions of tokens (KeyShifter in rope.hpp). Cost per step: O(log capacity + sinks)
+/// bookkeeping (the oldest non-sink found in the Evictor's age order and taken out of it), plus O(sinks x
+/// head_dim) re-rotation once the cache is full (sines and cosines once per 4096 tokens); 2 x sinks x head_dim
+/// doubles per (layer, kv head).
 
 #include <cstdint>
 #include <string>

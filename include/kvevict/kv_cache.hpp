@@ -78,13 +78,13 @@ class KVCache {
   using storage_type = Storage;
   using scalar_type = Scalar;
 
-  /// @throws InvalidArgument for a bad shape or option, or one the policy rejects.
   /// Refuses, at compile time, a policy whose type derives from Policy: converted, it would lose what it adds.
   template <class Derived, std::enable_if_t<detail::slices_to_v<Policy, Derived>, int> = 0>
   KVCache(const Shape& /*shape*/, const Derived& /*policy*/, const CacheOptions& /*options*/ = {}) {
     KVEVICT_REFUSE_SLICED_POLICY(Policy, Derived);
   }
 
+  /// @throws InvalidArgument for a bad shape or option, or one the policy rejects.
   explicit KVCache(const Shape& shape, const Policy& policy = Policy{}, const CacheOptions& options = {})
       : shape_(validated(shape, options)), options_(options) {
     const int group = shape_.group_size();

@@ -268,9 +268,7 @@ constexpr bool hooks_noexcept() {
     all = all&& noexcept(std::declval<const P&>().protects(std::int64_t{}, std::int64_t{}));
   return all;
 }
-}  // namespace detail
 
-namespace detail {
 /// Derived derives from P and is not P: a wrapper such as with_sinks()'s Protected<P>, or Pyramid<P>, which
 /// would lose what it adds if converted to P where a P is expected.
 template <class P, class Derived>

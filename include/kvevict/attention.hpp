@@ -68,15 +68,18 @@ inline constexpr int kMinKeysPerSplit = 1024;
 /// (causal). Three passes: logits from K, normalisation in place, weighted sum over V. K and V are walked in
 /// blocks of rows that every query row of the group uses while the block is in cache, so each is read from
 /// memory once per group, not once per query head. Allocates nothing. Each block's two products are
-/// detail/block_products.hpp's: query rows in pairs with AVX-512, Eigen's matrix-vector products elsewhere.
+/// detail/block_products.hpp's: query rows in pairs with AVX-512, 16-bit rows in fours with AVX2, Eigen's
+/// matrix-vector products elsewhere.
 ///
 /// Many queries at once (options.product_queries, a prefill chunk) in float or double: both products are
 /// matrix products per query head over tiles of at most 64 queries and 128 keys, whose packed operands stay
 /// on the stack (Eigen's limit, 128 KiB) up to head_dim 512 in float, 256 in double (beyond, Eigen allocates).
 ///
 /// K and V may be stored in a narrower type than the kernel computes in (`Stored` = Eigen::half or
-/// Eigen::bfloat16 with `Scalar` = float): each block is converted once into an L1-resident tile that every
-/// query row of the group then reads, so the cache is read once, in its own bytes, and never copied whole.
+/// Eigen::bfloat16 with `Scalar` = float): the block products convert the rows in registers as they load them
+/// (AVX-512 or AVX2; see detail::reads_stored_rows); elsewhere each block is converted once into an
+/// L1-resident tile that every query row of the group then reads. Either way the cache is read once, in its own
+/// bytes, and never copied whole.
 /// With key splits, the K and V passes run per range of keys as tasks of the options' parallel_for; the
 /// weights are still normalised over all keys at once, so they are exactly those of the serial kernel.
 /// @pre head_dim <= kMaxHeadDim
@@ -168,15 +171,15 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
   auto query = [&](int r) { return a.queries + (r / a.group) * a.query_stride + (r % a.group) * d; };
   auto output = [&](int r) { return a.out + (r / a.group) * a.out_stride + (r % a.group) * d; };
   // Float and double rows are read in place, and so are 16-bit rows where the block products convert them in
-  // registers (AVX2, head_dim a multiple of 8); elsewhere 16-bit rows are widened into a task's tile (on its
-  // stack) once per block.
+  // registers (detail::reads_stored_rows); elsewhere 16-bit rows are widened into a task's tile (on its stack)
+  // once per block.
   struct alignas(64) Tile {
     Scalar values[converts ? kMaxHeadDim : 1];
   };
   auto with_rows = [&](const Stored* base, std::ptrdiff_t j0, std::ptrdiff_t nb, Scalar* tile, auto&& products) {
     static_cast<void>(tile);
-    if constexpr (detail::reads_stored_rows<Stored>) {
-      if (!converts || d % 8 == 0) return products(base + j0 * d);
+    if constexpr (detail::may_read_stored_rows<Stored>) {
+      if (detail::reads_stored_rows<Stored>(d)) return products(base + j0 * d);
     }
     if constexpr (converts) {
       detail::widen(base + j0 * d, tile, nb * d);

@@ -5,21 +5,22 @@
 /// @file
 /// A decode step's two products over one block of cached rows, for the query rows of a GQA group: the logits
 /// scale x (K q) and the weighted sums out += p^T V. A decode step has `group` query rows per kv head, too
-/// few for a matrix product's register tile. With AVX-512 (float), query rows go in pairs, so that every
+/// few for a matrix product's register tile. With AVX-512, query rows go in pairs, so that every
 /// row of K or V loaded serves two rows' FMAs (one load per FMA would leave the FMA units half idle): eight
 /// keys' dot products for each of the two rows run side by side in sixteen accumulators, and one
 /// transpose-and-add tree (30 shuffles and 15 adds, on another port than the FMAs) turns them into sixteen
 /// logits, each key's sum formed alike whichever rows and keys come with it; the weighted sums keep both
-/// output rows in registers across the block. An odd last row goes alone. With AVX2 and FMA, 16-bit rows
-/// (stored as half or bfloat16) go through the same scheme at eight lanes, converted as they are loaded (F16C
-/// for half, a shift for bfloat16), so that a 16-bit cache is read at two bytes a value and never widened
-/// into a float copy: query rows in fours where the group has four (a converted row then serves four FMAs),
-/// eight accumulators (eight keys for one query row, four for each of two, two for each of four), the logits
-/// stored straight from the register, and the weighted sums in strips of columns whose sums fit in eight
-/// registers. Float rows on AVX2 take Eigen's matrix-vector products: this scheme beat them by 1.1-1.5x at
-/// head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K tokens (bench_attention). Elsewhere (double,
-/// head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector products: the portable path, built and tested
-/// where -march reaches neither.
+/// output rows in registers across the block. An odd last row goes alone. 16-bit rows (half or bfloat16) are
+/// converted as they are loaded (a conversion instruction for half, a shift for bfloat16), so that a 16-bit
+/// cache is read at two bytes a value and never widened into a float copy: with AVX-512, through the float
+/// scheme above (the same bits as float rows holding the same values); with AVX2 and FMA (and with AVX-512
+/// where head_dim is not a multiple of 16 up to 128), through the same scheme at eight lanes: query rows in fours where
+/// the group has four (a converted row then serves four FMAs), eight accumulators (eight keys for one query row, four
+/// for each of two, two for each of four), the logits stored straight from the register, and the weighted sums in
+/// strips of columns whose sums fit in eight registers. Float rows on AVX2 take Eigen's matrix-vector products: this
+/// scheme beat them by 1.1-1.5x at head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K tokens
+/// (bench_attention). Elsewhere (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector products:
+/// the portable path, built and tested where -march reaches neither.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -91,6 +92,17 @@ __m512 shuffle_lanes(__m512 a, __m512 b) {
   return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, kImm);
 }
 
+/// Sixteen stored K or V values as floats, converted in registers (a bfloat16 is the top half of a float), through
+/// the zero-masked forms with every lane kept, for the reason above.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const Eigen::half* p) {
+  return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const Eigen::bfloat16* p) {
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
+}
+
 /// Lane k of the result is the sum of the 16 lanes of v[k].
 inline __m512 sum_each_of_16(const __m512 (&v)[16]) {
   // Pairs within 128-bit lanes: t[i] holds v[2i] in even lanes, v[2i + 1] in odd ones, half summed.
@@ -128,8 +140,8 @@ bool with_chunks(std::ptrdiff_t d, F&& f) {
 /// each: lane r x 16 / kRows + i holds k_i . q[r]; the lanes of missing keys are 0. Two rows at once so that
 /// each row of K loaded serves both. Every lane's sum is formed alike whatever kRows and `count` are, so a
 /// key's logit does not depend on the rows and keys beside it.
-template <std::size_t kChunks, std::size_t kRows, bool kPartial>
-inline __m512 dots(const float* k, const float* const (&q)[kRows], int count) {
+template <std::size_t kChunks, std::size_t kRows, bool kPartial, class Stored>
+inline __m512 dots(const Stored* k, const float* const (&q)[kRows], int count) {
   constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
   constexpr int kKeys = 16 / int(kRows);
   __m512 acc[16];
@@ -139,7 +151,7 @@ inline __m512 dots(const float* k, const float* const (&q)[kRows], int count) {
     KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) qc[r] = _mm512_loadu_ps(q[r] + 16 * c);
     KVEVICT_UNROLLED for (int i = 0; i < kKeys; ++i) {
       if (kPartial && i >= count) continue;
-      const __m512 kc = _mm512_loadu_ps(k + i * d + 16 * std::ptrdiff_t(c));
+      const __m512 kc = load16(k + i * d + 16 * std::ptrdiff_t(c));
       KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
         acc[int(r) * kKeys + i] = _mm512_fmadd_ps(kc, qc[r], acc[int(r) * kKeys + i]);
       }
@@ -149,8 +161,8 @@ inline __m512 dots(const float* k, const float* const (&q)[kRows], int count) {
 }
 
 /// out[r][j] = scale x (k_j . q[r]) for kRows (1 or 2) query rows, 16 / kRows keys at a time.
-template <std::size_t kChunks, std::size_t kRows>
-void logits_avx512(const float* keys, std::ptrdiff_t nb, const float* const (&q)[kRows], __m512 scales,
+template <std::size_t kChunks, std::size_t kRows, class Stored>
+void logits_avx512(const Stored* keys, std::ptrdiff_t nb, const float* const (&q)[kRows], __m512 scales,
                    float* const (&out)[kRows]) {
   constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks), kKeys = 16 / std::ptrdiff_t(kRows);
   for (std::ptrdiff_t j = 0; j < nb; j += kKeys) {
@@ -167,8 +179,8 @@ void logits_avx512(const float* keys, std::ptrdiff_t nb, const float* const (&q)
 /// one of them; the sums stay in registers. While registers allow (head_dim <= 64), even and odd keys go into
 /// two sums per row, so that consecutive keys' FMAs do not wait on each other. A row's sums are formed alike
 /// whatever kRows is.
-template <std::size_t kChunks, std::size_t kRows>
-void weighted_sums_avx512(const float* values, std::ptrdiff_t nb, const float* const (&p)[kRows],
+template <std::size_t kChunks, std::size_t kRows, class Stored>
+void weighted_sums_avx512(const Stored* values, std::ptrdiff_t nb, const float* const (&p)[kRows],
                           float* const (&out)[kRows]) {
   constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
   constexpr std::size_t kSums = kChunks <= 4 ? 2 : 1;
@@ -183,7 +195,7 @@ void weighted_sums_avx512(const float* values, std::ptrdiff_t nb, const float* c
     __m512 w[kRows];
     KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) w[r] = _mm512_set1_ps(p[r][j]);
     KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
-      const __m512 vc = _mm512_loadu_ps(values + j * d + 16 * std::ptrdiff_t(c));
+      const __m512 vc = load16(values + j * d + 16 * std::ptrdiff_t(c));
       KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) sum[r][s][c] = _mm512_fmadd_ps(w[r], vc, sum[r][s][c]);
     }
   };
@@ -323,18 +335,32 @@ void weighted_sums_avx2(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t 
 #define KVEVICT_AVX2_PRODUCTS 1
 #endif
 
-/// Whether block_logits and block_weighted_sums take rows stored as `Stored` (for 16-bit rows, head_dim a
-/// multiple of 8), converting them in registers; where not, the caller widens 16-bit rows to float first. With
-/// AVX-512, 16-bit rows are widened for its sixteen-lane path.
+/// Whether block_logits and block_weighted_sums take rows stored as `Stored` with `d` columns as they are,
+/// converting 16-bit rows in registers (AVX-512: d a multiple of 16 up to 128; AVX2 with FMA: a multiple of 8,
+/// half with F16C); where not, the caller widens 16-bit rows to float first.
 template <class Stored>
-inline constexpr bool reads_stored_rows = std::is_same_v<Stored, float> || std::is_same_v<Stored, double>
-#if defined(KVEVICT_AVX2_PRODUCTS) && !defined(__AVX512F__)
-                                          || std::is_same_v<Stored, Eigen::bfloat16>
+constexpr bool reads_stored_rows(std::ptrdiff_t d) {
+  if constexpr (std::is_same_v<Stored, float> || std::is_same_v<Stored, double>) {
+    return true;
+  } else {
+    bool sixteen_lanes = false, eight_lanes = false;
+#if defined(__AVX512F__)
+    sixteen_lanes = d % 16 == 0 && d <= 128;
+#endif
+#if defined(KVEVICT_AVX2_PRODUCTS)
 #if defined(__F16C__)
-                                          || std::is_same_v<Stored, Eigen::half>
+    eight_lanes = d % 8 == 0;
+#else
+    eight_lanes = d % 8 == 0 && std::is_same_v<Stored, Eigen::bfloat16>;
 #endif
 #endif
-    ;
+    return sixteen_lanes || eight_lanes;
+  }
+}
+
+/// Whether reads_stored_rows<Stored>(d) holds for any d: where not, the products are never given `Stored` rows.
+template <class Stored>
+inline constexpr bool may_read_stored_rows = reads_stored_rows<Stored>(16);
 
 /// out(r)[j] = scale x (k_j . query(r)) for the `nb` rows k_j of `keys` (row-major, `d` columns) and the
 /// `rows` query rows r. A key's logit is formed alike whichever rows and keys come with it. Keys stored in 16
@@ -342,18 +368,18 @@ inline constexpr bool reads_stored_rows = std::is_same_v<Stored, float> || std::
 template <class Stored, class Scalar, class Query, class Out>
 void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Query&& query, Scalar scale,
                   Out&& out) {
-  if constexpr (std::is_same_v<Stored, float>) {
 #if defined(__AVX512F__)
+  if constexpr (!std::is_same_v<Stored, double>) {  // float, or 16-bit rows converted as they are loaded
     const bool done = with_chunks<16>(d, [&](auto chunks) {
       in_pairs(rows, query, out, [&](const auto& q, const auto& o) {
         logits_avx512<chunks(), count_of<decltype(q)>>(keys, nb, q, _mm512_set1_ps(scale), o);
       });
     });
     if (done) return;
-#endif
   }
+#endif
 #if defined(KVEVICT_AVX2_PRODUCTS)
-  if constexpr (!std::is_same_v<Stored, Scalar> && reads_stored_rows<Stored>) {
+  if constexpr (!std::is_same_v<Stored, Scalar> && may_read_stored_rows<Stored>) {
     if (d % 8 == 0) {
       in_fours(rows, query, out, [&](const auto& q, const auto& o) {
         logits_avx2<count_of<decltype(q)>>(keys, nb, d, q, _mm256_set1_ps(scale), o);
@@ -377,19 +403,19 @@ void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int r
 template <class Stored, class Weights, class Out>
 void block_weighted_sums(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Weights&& weights,
                          Out&& out) {
-  if constexpr (std::is_same_v<Stored, float>) {
 #if defined(__AVX512F__)
+  if constexpr (!std::is_same_v<Stored, double>) {
     const bool done = with_chunks<8>(d, [&](auto chunks) {
       in_pairs(rows, weights, out, [&](const auto& p, const auto& o) {
         weighted_sums_avx512<chunks(), count_of<decltype(p)>>(values, nb, p, o);
       });
     });
     if (done) return;
-#endif
   }
+#endif
   using Scalar = std::remove_pointer_t<std::invoke_result_t<Out&, int>>;
 #if defined(KVEVICT_AVX2_PRODUCTS)
-  if constexpr (!std::is_same_v<Stored, Scalar> && reads_stored_rows<Stored>) {
+  if constexpr (!std::is_same_v<Stored, Scalar> && may_read_stored_rows<Stored>) {
     if (d % 8 == 0) {
       in_fours(rows, weights, out,
                [&](const auto& p, const auto& o) { weighted_sums_avx2<count_of<decltype(p)>>(values, nb, d, p, o); });

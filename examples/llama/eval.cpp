@@ -248,8 +248,9 @@ std::string read_file(const std::string& path) {
   if (!in) usage("cannot read " + path);
   std::stringstream ss;
   ss << in.rdbuf();
-  if (ss.str().empty()) usage("--text: " + path + " is empty or not a file");
-  return ss.str();
+  std::string text = ss.str();
+  if (text.empty()) usage("--text: " + path + " is empty or not a file");
+  return text;
 }
 
 // The files in order, normalised, one blank line between them.

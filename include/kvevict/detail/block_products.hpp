@@ -14,16 +14,17 @@
 /// converted as they are loaded (a conversion instruction for half, a shift for bfloat16), so that a 16-bit
 /// cache is read at two bytes a value and never widened into a float copy: with AVX-512, through the float
 /// scheme above (the same bits as float rows holding the same values); with AVX2 and FMA (and with AVX-512
-/// where head_dim is not a multiple of 16 up to 128), through the same scheme at eight lanes: query rows in fours where
-/// the group has four (a converted row then serves four FMAs), eight accumulators (eight keys for one query row, four
-/// for each of two, two for each of four), the logits stored straight from the register, and the weighted sums in
-/// strips of columns whose sums fit in eight registers. Float rows on AVX2 take Eigen's matrix-vector products: this
-/// scheme beat them by 1.1-1.5x at head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K tokens
-/// (bench_attention). Elsewhere (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector products:
-/// the portable path, built and tested where -march reaches neither.
+/// past the head_dims it takes: weighted sums past 128, logits past 256), through the same scheme at eight lanes: query
+/// rows in fours where the group has four (a converted row then serves four FMAs), eight accumulators (eight keys for
+/// one query row, four for each of two, two for each of four), the logits stored straight from the register, and the
+/// weighted sums in strips of columns whose sums fit in eight registers. Float rows on AVX2 take Eigen's matrix-vector
+/// products: this scheme beat them by 1.1-1.5x at head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K
+/// tokens (bench_attention). Elsewhere (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector
+/// products: the portable path, built and tested where -march reaches neither.
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cassert>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
@@ -335,26 +336,33 @@ void weighted_sums_avx2(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t 
 #define KVEVICT_AVX2_PRODUCTS 1
 #endif
 
+/// Whether the AVX2 products convert rows stored as `Stored` (16-bit) eight values at a time: bfloat16 by a
+/// shift, half only with F16C.
+template <class Stored>
+inline constexpr bool eight_lane_rows =
+#if defined(KVEVICT_AVX2_PRODUCTS)
+    std::is_same_v<Stored, Eigen::bfloat16>
+#if defined(__F16C__)
+    || std::is_same_v<Stored, Eigen::half>
+#endif
+#else
+    false
+#endif
+    ;
+
 /// Whether block_logits and block_weighted_sums take rows stored as `Stored` with `d` columns as they are,
-/// converting 16-bit rows in registers (AVX-512: d a multiple of 16 up to 128; AVX2 with FMA: a multiple of 8,
-/// half with F16C); where not, the caller widens 16-bit rows to float first.
+/// converting 16-bit rows in registers (AVX-512: d a multiple of 16 up to 128; else eight_lane_rows and d a
+/// multiple of 8); where not, the caller widens 16-bit rows to float first.
 template <class Stored>
 constexpr bool reads_stored_rows(std::ptrdiff_t d) {
   if constexpr (std::is_same_v<Stored, float> || std::is_same_v<Stored, double>) {
     return true;
   } else {
-    bool sixteen_lanes = false, eight_lanes = false;
+    bool sixteen_lanes = false;
 #if defined(__AVX512F__)
     sixteen_lanes = d % 16 == 0 && d <= 128;
 #endif
-#if defined(KVEVICT_AVX2_PRODUCTS)
-#if defined(__F16C__)
-    eight_lanes = d % 8 == 0;
-#else
-    eight_lanes = d % 8 == 0 && std::is_same_v<Stored, Eigen::bfloat16>;
-#endif
-#endif
-    return sixteen_lanes || eight_lanes;
+    return sixteen_lanes || (eight_lane_rows<Stored> && d % 8 == 0);
   }
 }
 
@@ -364,10 +372,11 @@ inline constexpr bool may_read_stored_rows = reads_stored_rows<Stored>(16);
 
 /// out(r)[j] = scale x (k_j . query(r)) for the `nb` rows k_j of `keys` (row-major, `d` columns) and the
 /// `rows` query rows r. A key's logit is formed alike whichever rows and keys come with it. Keys stored in 16
-/// bits only where reads_stored_rows<Stored> and d is a multiple of 8.
+/// bits only where reads_stored_rows<Stored>(d).
 template <class Stored, class Scalar, class Query, class Out>
 void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Query&& query, Scalar scale,
                   Out&& out) {
+  assert(reads_stored_rows<Stored>(d) && "16-bit rows the products do not read: widen them first");
 #if defined(__AVX512F__)
   if constexpr (!std::is_same_v<Stored, double>) {  // float, or 16-bit rows converted as they are loaded
     const bool done = with_chunks<16>(d, [&](auto chunks) {
@@ -379,7 +388,7 @@ void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int r
   }
 #endif
 #if defined(KVEVICT_AVX2_PRODUCTS)
-  if constexpr (!std::is_same_v<Stored, Scalar> && may_read_stored_rows<Stored>) {
+  if constexpr (eight_lane_rows<Stored>) {
     if (d % 8 == 0) {
       in_fours(rows, query, out, [&](const auto& q, const auto& o) {
         logits_avx2<count_of<decltype(q)>>(keys, nb, d, q, _mm256_set1_ps(scale), o);
@@ -399,10 +408,11 @@ void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int r
 
 /// out_r += sum_j p_r[j] v_j over the `nb` rows v_j of `values` (row-major, `d` columns), for the `rows` rows r
 /// whose weights are at weights(r) and whose output is at out(r). Values stored in 16 bits only where
-/// reads_stored_rows<Stored> and d is a multiple of 8.
+/// reads_stored_rows<Stored>(d).
 template <class Stored, class Weights, class Out>
 void block_weighted_sums(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t d, int rows, Weights&& weights,
                          Out&& out) {
+  assert(reads_stored_rows<Stored>(d) && "16-bit rows the products do not read: widen them first");
 #if defined(__AVX512F__)
   if constexpr (!std::is_same_v<Stored, double>) {
     const bool done = with_chunks<8>(d, [&](auto chunks) {
@@ -415,7 +425,7 @@ void block_weighted_sums(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t
 #endif
   using Scalar = std::remove_pointer_t<std::invoke_result_t<Out&, int>>;
 #if defined(KVEVICT_AVX2_PRODUCTS)
-  if constexpr (!std::is_same_v<Stored, Scalar> && may_read_stored_rows<Stored>) {
+  if constexpr (eight_lane_rows<Stored>) {
     if (d % 8 == 0) {
       in_fours(rows, weights, out,
                [&](const auto& p, const auto& o) { weighted_sums_avx2<count_of<decltype(p)>>(values, nb, d, p, o); });

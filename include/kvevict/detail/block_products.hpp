@@ -137,9 +137,9 @@ bool with_chunks(std::ptrdiff_t d, F&& f) {
   }
 }
 
-/// For kRows (1 or 2) query rows q[r] and the `count` (<= 16 / kRows) rows k_i from `k`, kChunks x 16 floats
-/// each: lane r x 16 / kRows + i holds k_i . q[r]; the lanes of missing keys are 0. Two rows at once so that
-/// each row of K loaded serves both. Every lane's sum is formed alike whatever kRows and `count` are, so a
+/// For kRows (1, 2 or 4) query rows q[r] and the `count` (<= 16 / kRows) rows k_i from `k`, kChunks x 16 floats
+/// each: lane r x 16 / kRows + i holds k_i . q[r]; the lanes of missing keys are 0. Several rows at once so
+/// that each row of K loaded serves them all. Every lane's sum is formed alike whatever kRows and `count` are, so a
 /// key's logit does not depend on the rows and keys beside it.
 template <std::size_t kChunks, std::size_t kRows, bool kPartial, class Stored>
 inline __m512 dots(const Stored* k, const float* const (&q)[kRows], int count) {
@@ -161,7 +161,15 @@ inline __m512 dots(const Stored* k, const float* const (&q)[kRows], int count) {
   return sum_each_of_16(acc);
 }
 
-/// out[r][j] = scale x (k_j . q[r]) for kRows (1 or 2) query rows, 16 / kRows keys at a time.
+/// Row r's lanes of dots' result (lanes r x 16 / kRows on, which start at 128-bit lane r x 4 / kRows) moved to
+/// the lowest lanes.
+template <std::size_t kRows, int kRow>
+inline __m512 row_lanes(__m512 all) {
+  constexpr int kFirst = kRow * 4 / int(kRows);
+  return shuffle_lanes<_MM_SHUFFLE(3, 3, kFirst < 3 ? kFirst + 1 : 3, kFirst)>(all, all);
+}
+
+/// out[r][j] = scale x (k_j . q[r]) for kRows (1, 2 or 4) query rows, 16 / kRows keys at a time.
 template <std::size_t kChunks, std::size_t kRows, class Stored>
 void logits_avx512(const Stored* keys, std::ptrdiff_t nb, const float* const (&q)[kRows], __m512 scales,
                    float* const (&out)[kRows]) {
@@ -172,31 +180,36 @@ void logits_avx512(const Stored* keys, std::ptrdiff_t nb, const float* const (&q
                                                             : dots<kChunks, kRows, true>(keys + j * d, q, count));
     const auto mask = __mmask16((1u << count) - 1u);
     _mm512_mask_storeu_ps(out[0] + j, mask, all);
-    if constexpr (kRows == 2) _mm512_mask_storeu_ps(out[1] + j, mask, shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(all, all));
+    if constexpr (kRows >= 2) _mm512_mask_storeu_ps(out[1] + j, mask, row_lanes<kRows, 1>(all));
+    if constexpr (kRows == 4) {
+      _mm512_mask_storeu_ps(out[2] + j, mask, row_lanes<kRows, 2>(all));
+      _mm512_mask_storeu_ps(out[3] + j, mask, row_lanes<kRows, 3>(all));
+    }
   }
 }
 
-/// out[r] += sum_j p[r][j] v_j for kRows (1 or 2) rows at once, so that each row of V loaded serves every
-/// one of them; the sums stay in registers. While registers allow (head_dim <= 64), even and odd keys go into
-/// two sums per row, so that consecutive keys' FMAs do not wait on each other. A row's sums are formed alike
-/// whatever kRows is.
-template <std::size_t kChunks, std::size_t kRows, class Stored>
-void weighted_sums_avx512(const Stored* values, std::ptrdiff_t nb, const float* const (&p)[kRows],
-                          float* const (&out)[kRows]) {
+/// out[r][16 c ...] += sum_j p[r][j] v_j[16 c ...] for the chunks c in [kFirst, kFirst + kCount) of rows of
+/// kChunks chunks, for kRows rows at once, so that each chunk of V loaded serves every one of them; the sums
+/// stay in registers. While registers allow (head_dim <= 64), even and odd keys go into two sums per row, so
+/// that consecutive keys' FMAs do not wait on each other. A row's sums are formed alike whatever kRows and the
+/// strip are.
+template <std::size_t kChunks, std::size_t kFirst, std::size_t kCount, std::size_t kRows, class Stored>
+void weighted_strip_avx512(const Stored* values, std::ptrdiff_t nb, const float* const (&p)[kRows],
+                           float* const (&out)[kRows]) {
   constexpr std::ptrdiff_t d = 16 * std::ptrdiff_t(kChunks);
   constexpr std::size_t kSums = kChunks <= 4 ? 2 : 1;
-  __m512 sum[kRows][kSums][kChunks];
+  __m512 sum[kRows][kSums][kCount];
   KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
     KVEVICT_UNROLLED for (std::size_t s = 0; s < kSums; ++s) {
-      KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) sum[r][s][c] = _mm512_setzero_ps();
+      KVEVICT_UNROLLED for (std::size_t c = 0; c < kCount; ++c) sum[r][s][c] = _mm512_setzero_ps();
     }
   }
   // Key j + s into sum s of every row.
   auto add = [&](std::ptrdiff_t j, std::size_t s) {
     __m512 w[kRows];
     KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) w[r] = _mm512_set1_ps(p[r][j]);
-    KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
-      const __m512 vc = load16(values + j * d + 16 * std::ptrdiff_t(c));
+    KVEVICT_UNROLLED for (std::size_t c = 0; c < kCount; ++c) {
+      const __m512 vc = load16(values + j * d + 16 * std::ptrdiff_t(kFirst + c));
       KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) sum[r][s][c] = _mm512_fmadd_ps(w[r], vc, sum[r][s][c]);
     }
   };
@@ -206,11 +219,25 @@ void weighted_sums_avx512(const Stored* values, std::ptrdiff_t nb, const float* 
   }
   if (j < nb) add(j, 0);
   KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
-    KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
+    KVEVICT_UNROLLED for (std::size_t c = 0; c < kCount; ++c) {
       __m512 total = sum[r][0][c];
       if constexpr (kSums == 2) total = _mm512_add_ps(total, sum[r][1][c]);
-      _mm512_storeu_ps(out[r] + 16 * c, _mm512_add_ps(_mm512_loadu_ps(out[r] + 16 * c), total));
+      float* o = out[r] + 16 * (kFirst + c);
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), total));
     }
+  }
+}
+
+/// out[r] += sum_j p[r][j] v_j for kRows (1, 2 or 4) rows, in strips of chunks whose sums fit in sixteen
+/// registers (one strip for one or two rows up to head_dim 128).
+template <std::size_t kChunks, std::size_t kRows, class Stored, std::size_t kFirst = 0>
+void weighted_sums_avx512(const Stored* values, std::ptrdiff_t nb, const float* const (&p)[kRows],
+                          float* const (&out)[kRows]) {
+  constexpr std::size_t kSums = kChunks <= 4 ? 2 : 1, kStrip = 16 / (kRows * kSums);
+  if constexpr (kFirst < kChunks) {
+    constexpr std::size_t kCount = std::min(kStrip, kChunks - kFirst);
+    weighted_strip_avx512<kChunks, kFirst, kCount, kRows>(values, nb, p, out);
+    weighted_sums_avx512<kChunks, kRows, Stored, kFirst + kCount>(values, nb, p, out);
   }
 }
 #endif
@@ -380,9 +407,13 @@ void block_logits(const Stored* keys, std::ptrdiff_t nb, std::ptrdiff_t d, int r
 #if defined(__AVX512F__)
   if constexpr (!std::is_same_v<Stored, double>) {  // float, or 16-bit rows converted as they are loaded
     const bool done = with_chunks<16>(d, [&](auto chunks) {
-      in_pairs(rows, query, out, [&](const auto& q, const auto& o) {
+      auto tiles = [&](const auto& q, const auto& o) {
         logits_avx512<chunks(), count_of<decltype(q)>>(keys, nb, q, _mm512_set1_ps(scale), o);
-      });
+      };
+      if constexpr (std::is_same_v<Stored, float>)
+        in_pairs(rows, query, out, tiles);
+      else  // a converted row then serves four rows' FMAs
+        in_fours(rows, query, out, tiles);
     });
     if (done) return;
   }
@@ -416,9 +447,13 @@ void block_weighted_sums(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t
 #if defined(__AVX512F__)
   if constexpr (!std::is_same_v<Stored, double>) {
     const bool done = with_chunks<8>(d, [&](auto chunks) {
-      in_pairs(rows, weights, out, [&](const auto& p, const auto& o) {
+      auto strips = [&](const auto& p, const auto& o) {
         weighted_sums_avx512<chunks(), count_of<decltype(p)>>(values, nb, p, o);
-      });
+      };
+      if constexpr (std::is_same_v<Stored, float>)
+        in_pairs(rows, weights, out, strips);
+      else  // a converted row then serves four rows' FMAs
+        in_fours(rows, weights, out, strips);
     });
     if (done) return;
   }

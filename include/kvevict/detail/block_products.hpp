@@ -5,22 +5,27 @@
 /// @file
 /// A decode step's two products over one block of cached rows, for the query rows of a GQA group: the logits
 /// scale x (K q) and the weighted sums out += p^T V. A decode step has `group` query rows per kv head, too
-/// few for a matrix product's register tile. With AVX-512, query rows go in pairs, so that every
-/// row of K or V loaded serves two rows' FMAs (one load per FMA would leave the FMA units half idle): eight
-/// keys' dot products for each of the two rows run side by side in sixteen accumulators, and one
-/// transpose-and-add tree (30 shuffles and 15 adds, on another port than the FMAs) turns them into sixteen
-/// logits, each key's sum formed alike whichever rows and keys come with it; the weighted sums keep both
-/// output rows in registers across the block. An odd last row goes alone. 16-bit rows (half or bfloat16) are
-/// converted as they are loaded (a conversion instruction for half, a shift for bfloat16), so that a 16-bit
-/// cache is read at two bytes a value and never widened into a float copy: with AVX-512, through the float
-/// scheme above (the same bits as float rows holding the same values); with AVX2 and FMA (and with AVX-512
-/// past the head_dims it takes: weighted sums past 128, logits past 256), through the same scheme at eight lanes: query
-/// rows in fours where the group has four (a converted row then serves four FMAs), eight accumulators (eight keys for
-/// one query row, four for each of two, two for each of four), the logits stored straight from the register, and the
-/// weighted sums in strips of columns whose sums fit in eight registers. Float rows on AVX2 take Eigen's matrix-vector
-/// products: this scheme beat them by 1.1-1.5x at head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K
-/// tokens (bench_attention). Elsewhere (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector
-/// products: the portable path, built and tested where -march reaches neither.
+/// few for a matrix product's register tile. With AVX-512, query rows go in pairs, so that every row of K or V
+/// loaded serves two rows' FMAs (one load per FMA would leave the FMA units half idle): eight keys' dot
+/// products for each of the two rows run side by side in sixteen accumulators, and one transpose-and-add tree
+/// (30 shuffles and 15 adds, on another port than the FMAs) turns them into sixteen logits, each key's sum
+/// formed alike whichever rows and keys come with it; the weighted sums keep both output rows in registers
+/// across the block. An odd last row goes alone.
+///
+/// 16-bit rows (half or bfloat16) are converted as they are loaded (a conversion instruction for half, a shift
+/// for bfloat16), so that a 16-bit cache is read at two bytes a value and never widened into a float copy.
+/// With AVX-512 they go through the scheme above with query rows in fours where the group has four (a
+/// converted row then serves four rows' FMAs: four keys per row in the logits' accumulators, the weighted sums
+/// in strips of columns), the same bits as float rows holding the same values. With AVX2 and FMA (and with
+/// AVX-512 past the head_dims it takes: weighted sums past 128, logits past 256) they go through the same
+/// scheme at eight lanes: query rows in fours, eight accumulators (eight keys for one query row, four for each
+/// of two, two for each of four), the logits stored straight from the register, and the weighted sums in
+/// strips of columns whose sums fit in eight registers.
+///
+/// Float rows on AVX2 take Eigen's matrix-vector products: the eight-lane scheme beat them by 1.1-1.5x at
+/// head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K tokens (bench_attention). Elsewhere
+/// (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector products: the portable path,
+/// built and tested where -march reaches neither.
 
 #include <Eigen/Core>
 #include <algorithm>

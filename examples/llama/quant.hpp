@@ -7,8 +7,9 @@
 //   sum_i (d_w q_w,i + m_w) d_a q_a,i  =  d_w d_a * sum_i q_w,i q_a,i  +  m_w * s_a,   s_a = d_a * sum_i q_a,i
 // so one integer dot product and two multiplies per block. Q4_0 (values d (q - 8)) and Q8_0 have no minimum.
 //
-// Two implementations of the block dot products: AVX2 (chosen at compile time when the compiler targets it)
-// and a portable scalar one that the tests run on every build and compare with the vector path.
+// Three implementations, chosen at compile time: AVX-512 with VNNI (sixteen weight rows side by side, one per
+// lane), AVX2 (tiles of rows by columns, a row's block in a register), and a portable scalar one that the tests
+// run on every build and compare with the vector path.
 #ifndef KVEVICT_EXAMPLES_LLAMA_QUANT_HPP
 #define KVEVICT_EXAMPLES_LLAMA_QUANT_HPP
 
@@ -33,7 +34,7 @@
 #else
 #define KVEVICT_QUANT_VNNI 0
 #endif
-// AVX-512 with VNNI: two blocks per instruction (-DKVEVICT_QUANT_NO_AVX512 keeps the 256-bit path, to compare).
+// AVX-512 with VNNI: sixteen rows per instruction (-DKVEVICT_QUANT_NO_AVX512 keeps the 256-bit path, to compare).
 #if KVEVICT_QUANT_VNNI && !defined(KVEVICT_QUANT_NO_AVX512) && defined(__AVX512F__) && defined(__AVX512BW__) && \
     defined(__AVX512DQ__) && defined(__AVX512VNNI__)
 #define KVEVICT_QUANT_AVX512 1
@@ -63,9 +64,11 @@ struct BlockQ8_0 {
 static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ8_0) == 34,
               "GGUF block layouts must have no padding");
 
-/// A block of 32 activations: values d * qs[i]; s = d * sum(qs) serves the weight's minimum.
+/// A block of 32 activations: values d * qs[i]; s = d * sum(qs) serves the weight's minimum, and the integer
+/// sum(qs) the offset of weights stored unsigned (Q4_0's q - 8, Q8_0's q + 128 in the row-lane products).
 struct BlockQ8 {
   float d, s;
+  std::int32_t sum;
   std::int8_t qs[32];
 };
 
@@ -103,6 +106,7 @@ inline void quantize_row(const float* x, int n, BlockQ8* out) {
     }
     out[b].d = round_to_fp16(d);
     out[b].s = round_to_fp16(d * static_cast<float>(sum));
+    out[b].sum = sum;
   }
 }
 
@@ -295,101 +299,127 @@ void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t
 #if KVEVICT_QUANT_AVX512
 namespace avx512 {
 
-// 64 unsigned weight values 0..15 of two blocks, in value order: [block 0 | block 1].
-inline __m512i unpack_nibbles(const std::uint8_t* qs0, const std::uint8_t* qs1) {
-  const __m256i raw = _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs1)),
-                                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs0)));
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-  const __m256i lows = _mm256_and_si256(raw, mask), highs = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-  // 128-bit lanes [lows 0, lows 1, highs 0, highs 1] -> [lows 0, highs 0, lows 1, highs 1]
-  const __m512i both = _mm512_inserti64x4(_mm512_zextsi256_si512(lows), highs, 1);
-  return _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0));
-}
+// Sixteen weight rows side by side, one per 32-bit lane. A block of the sixteen rows is transposed into eight
+// vectors: in vector k, each row's lane holds that row's four values that meet activation values 4k..4k+3 (for
+// Q4, the low nibbles of bytes 4k..4k+3 when k < 4, the high nibbles of bytes 4(k-4).. after). One VNNI
+// instruction then takes four values of sixteen rows against four values of one column, broadcast, and the
+// block's scales reach sixteen rows in one multiply: about a third of the instructions of a tile that keeps a
+// row in a register. Each lane sums its own row's blocks in block order, so a row's product has the same bits
+// whichever rows share its group, and no horizontal sums are left at the end. The values go in unsigned, as VNNI
+// takes them: Q4_0's q - 8 and Q8_0's q as q + 128, the offset taken off through the activation's integer sum.
+template <class Block>
+struct RowLanes {
+  static constexpr std::size_t kQs = std::is_same_v<Block, BlockQ4_1> ? 4 : 2;  // the values' byte offset
+  static constexpr int kOffset = std::is_same_v<Block, BlockQ4_0> ? 8 : std::is_same_v<Block, BlockQ8_0> ? 128 : 0;
 
-inline __m512i load_pair(const std::int8_t* qs0, const std::int8_t* qs1) {
-  return _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs0))),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs1)), 1);
-}
+  __m512i q[8];
+  __m512 d, m;
 
-// GCC 12 warns inside its own _mm512_reduce_add_ps (an undefined upper half); through memory instead.
-inline float hsum(__m512 v) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  return avx2::hsum(_mm256_add_ps(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8)));
-}
-
-inline __m512 pair_of(float first, float second) {
-  return _mm512_insertf32x8(_mm512_set1_ps(first), _mm256_set1_ps(second), 1);
-}
-
-// The AVX2 tile's arithmetic on two blocks at once: sixteen int32 sums per instruction, each block's scale on
-// its half. The blocks are summed in another order than by the AVX2 tile, the same order for every tile shape.
-template <std::size_t kRows, std::size_t kCols, class Block>
-struct Tile {
-  static void run(const Block* const* w, const BlockQ8* const* a, int n_blocks, float* out, std::int64_t ld) {
-    constexpr bool is_signed = !std::is_same_v<Block, BlockQ4_1>;
-    __m512 acc[kRows][kCols];
-    float mins[kRows][kCols];
-    for (std::size_t r = 0; r < kRows; ++r)
-      for (std::size_t c = 0; c < kCols; ++c) {
-        acc[r][c] = _mm512_setzero_ps();
-        mins[r][c] = 0.0f;
-      }
-    const int pairs = n_blocks / 2;
-    for (int p = 0; p < pairs; ++p) {
-      const int b = 2 * p;
-      __m512i wq[kRows];
-      __mmask64 negative[kRows];
-      __m512 wd[kRows];
-      for (std::size_t r = 0; r < kRows; ++r) {
-        const Block &first = w[r][b], &second = w[r][b + 1];
-        wd[r] = pair_of(fp16(first.d), fp16(second.d));
-        if constexpr (std::is_same_v<Block, BlockQ8_0>) {
-          wq[r] = load_pair(first.qs, second.qs);
-        } else if constexpr (std::is_same_v<Block, BlockQ4_0>) {
-          wq[r] = _mm512_sub_epi8(unpack_nibbles(first.qs, second.qs), _mm512_set1_epi8(8));
-        } else {
-          wq[r] = unpack_nibbles(first.qs, second.qs);
-        }
-        if constexpr (is_signed) {  // |w| times a with w's sign, as the AVX2 tile
-          negative[r] = _mm512_movepi8_mask(wq[r]);
-          wq[r] = _mm512_abs_epi8(wq[r]);
-        }
-      }
-      for (std::size_t c = 0; c < kCols; ++c) {
-        const BlockQ8 &x0 = a[c][b], &x1 = a[c][b + 1];
-        const __m512i aq = load_pair(x0.qs, x1.qs);
-        const __m512 xd = pair_of(x0.d, x1.d);
-        for (std::size_t r = 0; r < kRows; ++r) {
-          const __m512i signed_a = is_signed ? _mm512_mask_sub_epi8(aq, negative[r], _mm512_setzero_si512(), aq) : aq;
-          const __m512 products = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[r], signed_a));
-          acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(wd[r], xd), products, acc[r][c]);
-        }
+  // rows[i]: lane i's row; offsets: lane i's byte offset from rows[0].
+  RowLanes(const std::uint8_t* const* rows, __m512i offsets, int b) {
+    const std::size_t at = std::size_t(b) * sizeof(Block);
+    if constexpr (std::is_same_v<Block, BlockQ8_0>) {
+      transposed(rows, at + kQs, q);
+      transposed(rows, at + kQs + 16, q + 4);
+      for (auto& v : q) v = _mm512_xor_si512(v, _mm512_set1_epi8(char(0x80)));
+    } else {
+      transposed(rows, at + kQs, q);
+      const __m512i low = _mm512_set1_epi8(0x0F);
+      for (int k = 0; k < 4; ++k) {
+        q[k + 4] = _mm512_and_si512(_mm512_srli_epi16(q[k], 4), low);
+        q[k] = _mm512_and_si512(q[k], low);
       }
     }
-    if constexpr (std::is_same_v<Block, BlockQ4_1>) add_minimums(w, a, 0, 2 * pairs, mins);
-    if (n_blocks % 2 != 0) {  // the last block through the AVX2 tile's arithmetic
-      const int b = n_blocks - 1;
-      for (std::size_t r = 0; r < kRows; ++r) {
-        const Block* last[1] = {w[r] + b};
-        for (std::size_t c = 0; c < kCols; ++c) {
-          const BlockQ8* column[1] = {a[c] + b};
-          float tail = 0.0f;
-          avx2::tile<1, 1, Block>(last, column, 1, &tail, 1);
-          mins[r][c] += tail;
-        }
-      }
+    // d (and Q4_1's m) are the block's first two (four) bytes.
+    const __m512i scales = _mm512_i32gather_epi32(offsets, rows[0] + at, 1);
+    d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(scales));
+    if constexpr (std::is_same_v<Block, BlockQ4_1>)
+      m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(scales, 16)));
+  }
+
+  // Sixteen bytes at `at` of every row, as four vectors of one 32-bit group per lane: v[k] lane i = group k of
+  // row i. Vector j first takes rows j, j + 4, j + 8, j + 12 in its four 128-bit lanes; then a 4x4 transpose of
+  // the groups within each 128-bit lane puts row 4L + j at lane 4L + j.
+  static void transposed(const std::uint8_t* const* rows, std::size_t at, __m512i* v) {
+    auto load = [&](int i) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + at)); };
+    __m512i z[4];
+    for (int j = 0; j < 4; ++j) {
+      z[j] = _mm512_castsi128_si512(load(j));
+      z[j] = _mm512_inserti32x4(z[j], load(j + 4), 1);
+      z[j] = _mm512_inserti32x4(z[j], load(j + 8), 2);
+      z[j] = _mm512_inserti32x4(z[j], load(j + 12), 3);
     }
-    for (std::size_t r = 0; r < kRows; ++r)
-      for (std::size_t c = 0; c < kCols; ++c)
-        out[std::ptrdiff_t(r) + std::ptrdiff_t(c) * ld] = hsum(acc[r][c]) + mins[r][c];
+    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    v[0] = _mm512_unpacklo_epi64(t0, t2);
+    v[1] = _mm512_unpackhi_epi64(t0, t2);
+    v[2] = _mm512_unpacklo_epi64(t1, t3);
+    v[3] = _mm512_unpackhi_epi64(t1, t3);
   }
 };
+
+// out(row of lane i, c) for kCols columns: block by block, each block's rows transposed once for all columns.
+// `next_lines` cache lines from `next` (the next rows, or none) are asked for along the way, a share per block:
+// sixteen rows are sixteen streams, more than the hardware prefetcher follows.
+template <std::size_t kCols, class Block>
+void row_lanes(const std::uint8_t* const* rows, __m512i offsets, __mmask16 valid, const BlockQ8* const* a, int n_blocks,
+               float* out, std::int64_t ld, const std::uint8_t* next, int next_lines) {
+  __m512 acc[kCols];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  const int lines_per_block = (next_lines + n_blocks - 1) / n_blocks;
+  for (int b = 0; b < n_blocks; ++b) {
+    for (int line = b * lines_per_block; line < std::min((b + 1) * lines_per_block, next_lines); ++line)
+      _mm_prefetch(reinterpret_cast<const char*>(next + 64 * line), _MM_HINT_T0);
+    const RowLanes<Block> w(rows, offsets, b);
+    for (std::size_t c = 0; c < kCols; ++c) {
+      const BlockQ8& x = a[c][b];
+      std::int32_t group[8];
+      std::memcpy(group, x.qs, sizeof group);
+      // Two chains of four, so one column's products do not wait on one another's latency.
+      __m512i even = _mm512_set1_epi32(-RowLanes<Block>::kOffset * x.sum), odd = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        even = _mm512_dpbusd_epi32(even, w.q[k], _mm512_set1_epi32(group[k]));
+        odd = _mm512_dpbusd_epi32(odd, w.q[k + 4], _mm512_set1_epi32(group[k + 4]));
+      }
+      const __m512 products = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
+      acc[c] = _mm512_fmadd_ps(products, _mm512_mul_ps(w.d, _mm512_set1_ps(x.d)), acc[c]);
+      if constexpr (std::is_same_v<Block, BlockQ4_1>) acc[c] = _mm512_fmadd_ps(w.m, _mm512_set1_ps(x.s), acc[c]);
+    }
+  }
+  for (std::size_t c = 0; c < kCols; ++c) _mm512_mask_storeu_ps(out + std::ptrdiff_t(c) * ld, valid, acc[c]);
+}
 
 template <class Block>
 void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
               int n_cols, int n_blocks, float* out, std::int64_t ld) {
-  avx2::multiply_tiles<Block, Tile, 4>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
+  for (std::int64_t r = 0; r < n_rows; r += 16) {
+    // Past the last row, lanes repeat it: their loads stay inside the matrix and their sums are not stored.
+    const int n = int(std::min<std::int64_t>(16, n_rows - r));
+    const std::uint8_t* rows[16];
+    alignas(64) std::int32_t offsets[16];
+    for (int i = 0; i < 16; ++i) {
+      const int row = std::min(i, n - 1);
+      rows[i] = first_row + std::size_t(r + row) * row_bytes;
+      offsets[i] = row * std::int32_t(row_bytes);
+    }
+    const __m512i lane_offsets = _mm512_load_si512(offsets);
+    const auto valid = __mmask16((1u << n) - 1u);
+    // The next group's rows follow this one's in memory: the first pass over the columns asks for them.
+    const std::uint8_t* next = rows[0] + 16 * row_bytes;
+    int next_lines = r + 32 <= n_rows ? int(16 * row_bytes / 64) : 0;
+    float* group = out + r;
+    int c = 0;
+    auto run = [&](auto cols) {
+      row_lanes<decltype(cols)::value, Block>(rows, lane_offsets, valid, a + c, n_blocks, group + c * ld, ld, next,
+                                              next_lines);
+      next_lines = 0;
+      c += int(cols);
+    };
+    while (c + 8 <= n_cols) run(std::integral_constant<std::size_t, 8>{});
+    if (c + 4 <= n_cols) run(std::integral_constant<std::size_t, 4>{});
+    if (c + 2 <= n_cols) run(std::integral_constant<std::size_t, 2>{});
+    if (c < n_cols) run(std::integral_constant<std::size_t, 1>{});
+  }
 }
 
 }  // namespace avx512

@@ -4,6 +4,7 @@
 // memory (48 MB, past the last-level cache), for one activation column (decode) and several (batched).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -34,10 +35,12 @@ struct Weights {
   }
 };
 
-// Args: type, rows, activation columns. SmolLM2's rows are 576 values wide (1536 for ffn_down).
+// Args: type, rows, activation columns, rows per call (0: all; the engine shares rows out to its threads 32 at a
+// time). SmolLM2's rows are 576 values wide (1536 for ffn_down).
 void BM_QuantProduct(benchmark::State& state) {
   const auto type = static_cast<gguf::Type>(state.range(0));
   const int cols = 576, n_cols = static_cast<int>(state.range(2));
+  const std::int64_t chunk = state.range(3) > 0 ? state.range(3) : state.range(1);
   Weights w(type, state.range(1), cols);
   std::vector<float> x(std::size_t(cols) * std::size_t(n_cols));
   std::mt19937 rng(2);
@@ -47,7 +50,8 @@ void BM_QuantProduct(benchmark::State& state) {
   xq.quantize(x.data(), cols, n_cols);
   std::vector<float> out(std::size_t(w.matrix.rows()) * std::size_t(n_cols));
   for (auto _ : state) {
-    w.matrix.multiply_rows(xq, 0, w.matrix.rows(), out.data(), w.matrix.rows());
+    for (std::int64_t r = 0; r < w.matrix.rows(); r += chunk)
+      w.matrix.multiply_rows(xq, r, std::min(r + chunk, w.matrix.rows()), out.data(), w.matrix.rows());
     benchmark::DoNotOptimize(out.data());
   }
   state.SetBytesProcessed(state.iterations() * std::int64_t(w.bytes.size()));
@@ -75,7 +79,8 @@ void products(benchmark::internal::Benchmark* b) {
   for (int type : {kQ4_1, kQ8_0})
     for (int rows : {1536, 131072})
       for (int n_cols : {1, 4, 16, 64})
-        if (rows == 1536 || n_cols <= 4) b->Args({type, rows, n_cols});
+        if (rows == 1536 || n_cols <= 4) b->Args({type, rows, n_cols, 0});
+  for (int type : {kQ4_1, kQ8_0}) b->Args({type, 131072, 16, 32});  // sixteen sequences side by side
 }
 void passes(benchmark::internal::Benchmark* b) {
   for (int type : {kQ4_1, kQ8_0})

@@ -358,20 +358,26 @@ struct RowLanes {
   }
 };
 
-// out(row of lane i, c) for kCols columns: block by block, each block's rows transposed once for all columns.
+// The most columns one pass over a group's blocks takes: their sums stay in L1 (4 KB) between blocks.
+constexpr int kLaneColumns = 64;
+
+// out(row of lane i, c) for n_cols <= kLaneColumns columns: block by block, each block's rows transposed once
+// for every column (the transposition costs more than a column's products, so the more columns the better).
+// kCols > 0 fixes the count at compile time, which keeps the sums of a few columns (decode) in registers.
 // `next_lines` cache lines from `next` (the next rows, or none) are asked for along the way, a share per block:
 // sixteen rows are sixteen streams, more than the hardware prefetcher follows.
-template <std::size_t kCols, class Block>
-void row_lanes(const std::uint8_t* const* rows, __m512i offsets, __mmask16 valid, const BlockQ8* const* a, int n_blocks,
-               float* out, std::int64_t ld, const std::uint8_t* next, int next_lines) {
-  __m512 acc[kCols];
-  for (auto& v : acc) v = _mm512_setzero_ps();
+template <int kCols, class Block>
+void row_lanes(const std::uint8_t* const* rows, __m512i offsets, __mmask16 valid, const BlockQ8* const* a, int n_cols,
+               int n_blocks, float* out, std::int64_t ld, const std::uint8_t* next, int next_lines) {
+  if constexpr (kCols > 0) n_cols = kCols;
+  __m512 acc[std::size_t(kCols > 0 ? kCols : kLaneColumns)];
+  for (int c = 0; c < n_cols; ++c) acc[c] = _mm512_setzero_ps();
   const int lines_per_block = (next_lines + n_blocks - 1) / n_blocks;
   for (int b = 0; b < n_blocks; ++b) {
     for (int line = b * lines_per_block; line < std::min((b + 1) * lines_per_block, next_lines); ++line)
       _mm_prefetch(reinterpret_cast<const char*>(next + 64 * line), _MM_HINT_T0);
     const RowLanes<Block> w(rows, offsets, b);
-    for (std::size_t c = 0; c < kCols; ++c) {
+    for (int c = 0; c < n_cols; ++c) {
       const BlockQ8& x = a[c][b];
       std::int32_t group[8];
       std::memcpy(group, x.qs, sizeof group);
@@ -382,16 +388,21 @@ void row_lanes(const std::uint8_t* const* rows, __m512i offsets, __mmask16 valid
         odd = _mm512_dpbusd_epi32(odd, w.q[k + 4], _mm512_set1_epi32(group[k + 4]));
       }
       const __m512 products = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
-      acc[c] = _mm512_fmadd_ps(products, _mm512_mul_ps(w.d, _mm512_set1_ps(x.d)), acc[c]);
-      if constexpr (std::is_same_v<Block, BlockQ4_1>) acc[c] = _mm512_fmadd_ps(w.m, _mm512_set1_ps(x.s), acc[c]);
+      __m512 sum = _mm512_fmadd_ps(products, _mm512_mul_ps(w.d, _mm512_set1_ps(x.d)), acc[c]);
+      if constexpr (std::is_same_v<Block, BlockQ4_1>) sum = _mm512_fmadd_ps(w.m, _mm512_set1_ps(x.s), sum);
+      acc[c] = sum;
     }
   }
-  for (std::size_t c = 0; c < kCols; ++c) _mm512_mask_storeu_ps(out + std::ptrdiff_t(c) * ld, valid, acc[c]);
+  for (int c = 0; c < n_cols; ++c) _mm512_mask_storeu_ps(out + std::ptrdiff_t(c) * ld, valid, acc[c]);
 }
 
 template <class Block>
 void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
               int n_cols, int n_blocks, float* out, std::int64_t ld) {
+  // The first group's rows, asked for at once: the engine hands its threads rows 32 at a time, so every
+  // call starts on rows the hardware prefetcher has not seen.
+  for (std::size_t line = 0; line < std::size_t(std::min<std::int64_t>(16, n_rows)) * row_bytes; line += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(first_row + line), _MM_HINT_T0);
   for (std::int64_t r = 0; r < n_rows; r += 16) {
     // Past the last row, lanes repeat it: their loads stay inside the matrix and their sums are not stored.
     const int n = int(std::min<std::int64_t>(16, n_rows - r));
@@ -405,20 +416,23 @@ void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t
     const __m512i lane_offsets = _mm512_load_si512(offsets);
     const auto valid = __mmask16((1u << n) - 1u);
     // The next group's rows follow this one's in memory: the first pass over the columns asks for them.
-    const std::uint8_t* next = rows[0] + 16 * row_bytes;
     int next_lines = r + 32 <= n_rows ? int(16 * row_bytes / 64) : 0;
-    float* group = out + r;
-    int c = 0;
-    auto run = [&](auto cols) {
-      row_lanes<decltype(cols)::value, Block>(rows, lane_offsets, valid, a + c, n_blocks, group + c * ld, ld, next,
-                                              next_lines);
+    for (int c = 0; c < n_cols; c += kLaneColumns) {
+      const int cols = std::min(kLaneColumns, n_cols - c);
+      auto run = [&](auto fixed) {
+        row_lanes<decltype(fixed)::value, Block>(rows, lane_offsets, valid, a + c, cols, n_blocks, out + r + c * ld, ld,
+                                                 rows[0] + 16 * row_bytes, next_lines);
+      };
+      if (cols == 1)
+        run(std::integral_constant<int, 1>{});
+      else if (cols == 2)
+        run(std::integral_constant<int, 2>{});
+      else if (cols == 4)
+        run(std::integral_constant<int, 4>{});
+      else
+        run(std::integral_constant<int, 0>{});
       next_lines = 0;
-      c += int(cols);
-    };
-    while (c + 8 <= n_cols) run(std::integral_constant<std::size_t, 8>{});
-    if (c + 4 <= n_cols) run(std::integral_constant<std::size_t, 4>{});
-    if (c + 2 <= n_cols) run(std::integral_constant<std::size_t, 2>{});
-    if (c < n_cols) run(std::integral_constant<std::size_t, 1>{});
+    }
   }
 }
 

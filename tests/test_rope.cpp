@@ -50,6 +50,26 @@ TEST_P(RopeTest, FloatRowsAtMillionsOfPositionsUseExactAngles) {
   for (std::size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], expected[i], 1e-6);
 }
 
+// The cache turns every head at one position with angles computed once: the same bits as rotate().
+TEST_P(RopeTest, AnglesComputedOnceTurnRowsAsRotateDoes) {
+  const Rope rope(16, 10000.0, GetParam());
+  std::vector<double> cos_sin(16);
+  for (std::int64_t p : {1, 2, 77, 8191, 4000001}) {
+    rope.angles(p, cos_sin.data());
+    for (unsigned seed : {5u, 6u}) {
+      auto a = random_row(16, seed);
+      std::vector<float> f(a.begin(), a.end()), g = f;
+      auto b = a;
+      rope.rotate(a.data(), p);
+      rope.rotate_by(b.data(), cos_sin.data());
+      rope.rotate(f.data(), p);
+      rope.rotate_by(g.data(), cos_sin.data());
+      EXPECT_EQ(a, b) << "position " << p;
+      EXPECT_EQ(f, g) << "position " << p;
+    }
+  }
+}
+
 TEST_P(RopeTest, LayoutsPairDifferentDimensions) {
   const Rope rope(4, 10000.0, GetParam());
   std::vector<double> x{1, 0, 0, 0};

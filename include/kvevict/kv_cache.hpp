@@ -129,6 +129,7 @@ class KVCache {
       partial_out_.resize(std::ptrdiff_t(options_.attention.key_splits - 1) * options_.max_chunk * group,
                           shape_.head_dim);
     key_row_.resize(shape_.head_dim);
+    turn_.resize(std::size_t(shape_.head_dim));
     probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, widest);
     if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());
     query_pos_.resize(std::size_t(options_.max_chunk));
@@ -228,16 +229,16 @@ class KVCache {
     const int d = shape_.head_dim;
     const auto t_count = static_cast<int>(keys.rows());
     const std::int64_t first = n_seen_[std::size_t(layer)];
-    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
-      Evictor<Policy>& h = heads_[index(layer, kv)];
-      StoredMatrix& k = keys_[index(layer, kv)];
-      StoredMatrix& v = values_[index(layer, kv)];
-      for (int t = 0; t < t_count; ++t) {
+    for (int t = 0; t < t_count; ++t) {
+      for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+        Evictor<Policy>& h = heads_[index(layer, kv)];
+        StoredMatrix& k = keys_[index(layer, kv)];
+        StoredMatrix& v = values_[index(layer, kv)];
         const int slot = h.next_free_slot();
         key_row_ = keys.row(t).segment(std::ptrdiff_t(kv) * d, d);
         if (options_.rope.enabled()) {
           shifters_[index(layer, kv)].remember(first + t, key_row_.data());
-          options_.rope.rotate(key_row_.data(), first + t);
+          rotate_at(key_row_.data(), first + t);
         }
         k.row(slot) = key_row_.template cast<Storage>();
         v.row(slot) = values.row(t).segment(std::ptrdiff_t(kv) * d, d).template cast<Storage>();
@@ -257,8 +258,7 @@ class KVCache {
     for (int t = 0; t < t_count; ++t) {
       query_pos_[std::size_t(t)] = first + t;
       if (options_.rope.enabled())
-        for (int h = 0; h < shape_.n_q_heads; ++h)
-          options_.rope.rotate(q.row(t).data() + std::ptrdiff_t(h) * d, first + t);
+        for (int h = 0; h < shape_.n_q_heads; ++h) rotate_at(q.row(t).data() + std::ptrdiff_t(h) * d, first + t);
     }
     Scalar* logits = policy_traits<Policy>::needs_logits ? logits_.data() : nullptr;
     for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
@@ -450,6 +450,18 @@ class KVCache {
     check_finite(queries, "queries", false);
   }
 
+  // RoPE at `position`: its sines and cosines are computed once for every head and layer turned there (a decode
+  // step turns 12 rows per layer of a small model at one position; a sine and cosine per pair per row cost 3% of
+  // a step).
+  void rotate_at(Scalar* row, std::int64_t position) {
+    if (position == 0) return;
+    if (position != turn_position_) {
+      options_.rope.angles(position, turn_.data());
+      turn_position_ = position;
+    }
+    options_.rope.rotate_by(row, turn_.data());
+  }
+
   static constexpr int kMaxMaxChunk = 1 << 16;  // tokens per append: far above any prefill chunk
 
   Shape shape_;
@@ -462,6 +474,8 @@ class KVCache {
   Matrix partial_out_;                                // key splits: the partial outputs of ranges 1 ... key_splits - 1
   Eigen::Matrix<Scalar, 1, Eigen::Dynamic> key_row_;  // a key on its way in: rotated in the compute type
   std::vector<std::int64_t> query_pos_;
+  std::vector<double> turn_;  // Rope::angles at turn_position_
+  std::int64_t turn_position_ = 0;
   std::vector<std::int64_t> n_seen_;
   std::vector<int> chunk_;
   std::vector<int> candidate_;  // shared budget: per kv head, the slot it would give up next (-1: none)

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "error.hpp"
@@ -52,23 +53,48 @@ class Rope {
   template <class Scalar>
   void rotate(Scalar* row, std::int64_t delta) const {
     if (delta == 0) return;
-    const int half = head_dim_ / 2;
-    const int stride = layout_ == RopeLayout::adjacent ? 2 : 1;
-    const int partner = layout_ == RopeLayout::adjacent ? 1 : half;
-    for (int i = 0; i < half; ++i) {
-      const auto f = static_cast<std::size_t>(i);
-      // A step of +1 (KeyShifter moving kept keys as tokens leave) uses the precomputed rotation.
-      const double angle = static_cast<double>(delta) * inv_freq_[f];
-      const double c = delta == 1 ? cos_one_[f] : std::cos(angle), s = delta == 1 ? sin_one_[f] : std::sin(angle);
-      Scalar& a = row[std::ptrdiff_t(i) * stride];
-      Scalar& b = row[std::ptrdiff_t(i) * stride + partner];
-      const double x = static_cast<double>(a), y = static_cast<double>(b);
-      a = static_cast<Scalar>(x * c - y * s);
-      b = static_cast<Scalar>(x * s + y * c);
+    for (int i = 0; i < head_dim_ / 2; ++i) {
+      const auto [c, s] = angle(i, delta);
+      turn_pair(row, i, c, s);
     }
   }
 
+  /// The cosines and sines of a turn by `delta` positions, pair by pair (head_dim values: cos, sin, cos, ...).
+  /// Computed once, they turn every head at one position (rotate_by): the same bits as rotate(row, delta) for
+  /// delta != 0, without a sine and cosine per pair per head.
+  void angles(std::int64_t delta, double* cos_sin) const {
+    for (int i = 0; i < head_dim_ / 2; ++i) {
+      const auto [c, s] = angle(i, delta);
+      cos_sin[2 * i] = c;
+      cos_sin[2 * i + 1] = s;
+    }
+  }
+
+  /// Rotates `row` in place by the turn whose angles() are `cos_sin`.
+  template <class Scalar>
+  void rotate_by(Scalar* row, const double* cos_sin) const {
+    for (int i = 0; i < head_dim_ / 2; ++i) turn_pair(row, i, cos_sin[2 * i], cos_sin[2 * i + 1]);
+  }
+
  private:
+  std::pair<double, double> angle(int i, std::int64_t delta) const {
+    const auto f = static_cast<std::size_t>(i);
+    // A step of +1 (KeyShifter moving kept keys as tokens leave) uses the precomputed rotation.
+    if (delta == 1) return {cos_one_[f], sin_one_[f]};
+    const double a = static_cast<double>(delta) * inv_freq_[f];
+    return {std::cos(a), std::sin(a)};
+  }
+
+  template <class Scalar>
+  void turn_pair(Scalar* row, int i, double c, double s) const {
+    const bool adjacent = layout_ == RopeLayout::adjacent;
+    Scalar& a = row[std::ptrdiff_t(i) * (adjacent ? 2 : 1)];
+    Scalar& b = row[std::ptrdiff_t(i) * (adjacent ? 2 : 1) + (adjacent ? 1 : head_dim_ / 2)];
+    const double x = static_cast<double>(a), y = static_cast<double>(b);
+    a = static_cast<Scalar>(x * c - y * s);
+    b = static_cast<Scalar>(x * s + y * c);
+  }
+
   int head_dim_ = 0;
   RopeLayout layout_ = RopeLayout::adjacent;
   std::vector<double> inv_freq_, cos_one_, sin_one_;

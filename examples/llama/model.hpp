@@ -327,29 +327,38 @@ class Model {
   }
 
   /// Runs every segment through the model; returns logits of each segment's last token (segment order),
-  /// or of every token when `all_logits`. @pre each segment fits its cache's max_chunk
-  /// `taps`, when given, receives what each layer saw (Taps).
-  Matrix forward(const std::vector<Segment>& segments, bool all_logits = false, Taps* taps = nullptr) const {
+  /// or of every token when `all_logits`: a view of the model's own buffer, valid until the next forward (copy
+  /// it into a Matrix to keep it). Not reentrant: one forward at a time per model and its copies.
+  /// @pre each segment fits its cache's max_chunk. `taps`, when given, receives what each layer saw (Taps).
+  Eigen::Map<const Matrix> forward(const std::vector<Segment>& segments, bool all_logits = false,
+                                   Taps* taps = nullptr) const {
     // Activations are column-major, one column per token: W * X puts the long dimension (the weight's rows)
     // where Eigen splits work across threads, and a column-major (width x T) block is exactly the row-major
-    // (T x width) matrix the cache takes, so no copies between the two.
+    // (T x width) matrix the cache takes, so no copies between the two. The buffers are the model's and keep
+    // their size between calls, so a step of decode allocates nothing (the logits of sixteen sequences are 3 MB,
+    // which a fresh allocation would fault in page by page every step).
     using Columns = Eigen::MatrixXf;
     int rows = 0;
     for (const auto& s : segments) rows += s.n_tokens;
-    Columns x(c_.n_embd, rows);
+    Workspace& work = work_;
+    Columns &x = work.x, &h = work.h, &q = work.q, &k = work.k, &v = work.v, &attn = work.attn, &gate = work.gate,
+            &up = work.up, &tmp_embd = work.tmp_embd, &last = work.last, &logits = work.logits;
+    quant::Activations& hq = work.hq;
+    const int kv_width = c_.n_kv_heads * c_.head_dim;
+    x.resize(c_.n_embd, rows);
+    for (Columns* m : {&h, &q, &attn, &tmp_embd}) m->resize(c_.n_embd, rows);
+    for (Columns* m : {&k, &v}) m->resize(kv_width, rows);
+    for (Columns* m : {&gate, &up}) m->resize(c_.n_ff, rows);
     {
       int r = 0;
       for (const auto& s : segments)
         for (int t = 0; t < s.n_tokens; ++t) embed_.row(s.tokens[t], x.col(r++).data());
     }
-    const int kv_width = c_.n_kv_heads * c_.head_dim;
-    Columns h(c_.n_embd, rows), q(c_.n_embd, rows), k(kv_width, rows), v(kv_width, rows), attn(c_.n_embd, rows),
-        gate(c_.n_ff, rows), up(c_.n_ff, rows), tmp_embd(c_.n_embd, rows);
-    quant::Activations hq;
     auto as_rows = [](Columns& m, int first, int n) {
       return Eigen::Map<Matrix>(m.data() + std::ptrdiff_t(first) * m.rows(), n, m.rows());
     };
-    std::vector<int> first(segments.size() + 1, 0);
+    std::vector<int>& first = work.first;
+    first.assign(segments.size() + 1, 0);
     for (std::size_t i = 0; i < segments.size(); ++i) first[i + 1] = first[i] + segments[i].n_tokens;
     for (int l = 0; l < c_.n_layers; ++l) {
       const Layer& w = layers_[std::size_t(l)];
@@ -381,15 +390,15 @@ class Model {
       x += tmp_embd;
     }
     rms_norm(x, output_norm_, h);
-    Columns logits(c_.vocab, all_logits ? rows : Eigen::Index(segments.size()));
     if (all_logits) {
       multiply({{&embed_, &logits}}, h, hq);
     } else {
-      Columns last(c_.n_embd, Eigen::Index(segments.size()));
+      last.resize(c_.n_embd, Eigen::Index(segments.size()));
       for (std::size_t i = 0; i < segments.size(); ++i) last.col(Eigen::Index(i)) = h.col(first[i + 1] - 1);
       multiply({{&embed_, &logits}}, last, hq);
     }
-    return logits.transpose();
+    // Column-major (vocab x n) is row-major (n x vocab): one row of logits per token, no copy.
+    return Eigen::Map<const Matrix>(logits.data(), logits.cols(), logits.rows());
   }
 
   /// What every layer saw of `n` tokens of text read from the start, in double (Taps' fields, all tokens
@@ -580,8 +589,16 @@ class Model {
     }
   }
 
+  // forward's buffers, one column per token.
+  struct Workspace {
+    Eigen::MatrixXf x, h, q, k, v, attn, gate, up, tmp_embd, last, logits;
+    quant::Activations hq;
+    std::vector<int> first;  // each segment's first column
+  };
+
   Config c_{};
   KvType kv_type_ = KvType::f32;
+  mutable Workspace work_;
   std::shared_ptr<ThreadPool> pool_ = std::make_shared<ThreadPool>();  // shared by copies of the model
   Weight embed_;
   Eigen::RowVectorXf output_norm_;

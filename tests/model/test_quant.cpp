@@ -97,6 +97,37 @@ double minimum_rounding(gguf::Type type, const std::uint8_t* row, const BlockQ8*
   return total;
 }
 
+// The kernels add the split form, d_w d_a * isum + m_w * s_a block by block, whose two terms can each be far
+// larger than the product they sum to (Q4_1's minimum cancelling its scaled values against one outlier
+// activation: terms of 2e8 for a product of 1e6). Each term is rounded at most n_blocks + 8 times (the scales'
+// product, the FMA into its lane, the lanes' pairwise sum, the sums across blocks), by 2^-24 of the running sum
+// at most: the bound on top of the dequantised product's.
+double split_rounding(gguf::Type type, const std::uint8_t* row, const BlockQ8* x, int n_blocks) {
+  const auto [block_bytes, values] = gguf::block_layout(type);
+  double terms = 0;
+  for (int b = 0; b < n_blocks; ++b) {
+    const std::uint8_t* block = row + std::size_t(b) * block_bytes;
+    std::uint16_t d, m = 0;
+    std::memcpy(&d, block, 2);
+    int isum = 0;
+    for (int i = 0; i < 32; ++i) {
+      int q = 0;
+      if (type == gguf::Type::Q8_0) {
+        q = int(std::int8_t(block[2 + i]));
+      } else {
+        const std::uint8_t byte = block[(type == gguf::Type::Q4_1 ? 4 : 2) + i % 16];
+        q = (i < 16 ? byte & 0x0F : byte >> 4) - (type == gguf::Type::Q4_0 ? 8 : 0);
+      }
+      isum += q * x[b].qs[i];
+    }
+    if (type == gguf::Type::Q4_1) std::memcpy(&m, block + 2, 2);
+    terms +=
+        std::fabs(double(gguf::half_to_float(d)) * x[b].d * isum) + std::fabs(double(gguf::half_to_float(m)) * x[b].s);
+  }
+  (void)values;
+  return double(n_blocks + 8) * std::ldexp(terms, -24);
+}
+
 TEST(Quant, RoundsActivationsToHalfAStep) {
   std::mt19937 rng(1);
   const std::vector<float> x = random_columns(96, 4, rng);
@@ -145,49 +176,72 @@ class QuantProduct : public ::testing::TestWithParam<gguf::Type> {};
 // Every row of random weights times several columns (all-zero, outlier and tiny ones among them), for odd and
 // model-sized block counts and scales from tiny to near fp16's largest: the compiled path and the scalar path
 // both equal the exact product to within float rounding of the sum of |terms| (a few hundred additions of
-// float products: relative 1e-5 of the magnitude is far above the 6e-8 per operation, far below any bug).
+// float products: relative 1e-5 of the magnitude is far above the 6e-8 per operation, far below any bug), plus
+// the rounding of the split form's terms where they cancel (split_rounding).
+// 5 and 37 rows: a group of sixteen rows side by side (AVX-512) short of rows, and two whole groups before one.
 TEST_P(QuantProduct, MatchesScalarPathAndDequantisedProduct) {
   std::mt19937 rng(42);
-  for (int n_blocks : {1, 3, 17, 18, 48}) {
-    for (float scale : {0.0f, 1e-4f, 0.02f, 1.0f, 1000.0f}) {
-      const int rows = 5, cols = 7, width = n_blocks * 32;
-      RandomTensor w(GetParam(), rows, n_blocks, scale, rng);
-      std::vector<float> dense(std::size_t(rows) * std::size_t(width));
-      gguf::dequantize(w.info, dense.data());
-      const std::vector<float> x = random_columns(width, cols, rng);
-      llama::quant::Activations xq;
-      xq.quantize(x.data(), width, cols);
-      const llama::quant::QuantMatrix matrix(w.info);
-      std::vector<float> out(std::size_t(rows) * std::size_t(cols));
-      matrix.multiply_rows(xq, 0, rows, out.data(), rows);
-      for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < cols; ++c) {
-          double magnitude = 0;
-          const double exact =
-              reference_dot(dense.data() + std::size_t(r * width), xq.columns()[c], n_blocks, &magnitude);
-          const auto* row = w.bytes.data() + std::size_t(r) * w.bytes.size() / rows;
-          float scalar = 0;
-          if (GetParam() == gguf::Type::Q4_1)
-            scalar = llama::quant::scalar::dot(reinterpret_cast<const llama::quant::BlockQ4_1*>(row), xq.columns()[c],
-                                               n_blocks);
-          else if (GetParam() == gguf::Type::Q4_0)
-            scalar = llama::quant::scalar::dot(reinterpret_cast<const llama::quant::BlockQ4_0*>(row), xq.columns()[c],
-                                               n_blocks);
-          else
-            scalar = llama::quant::scalar::dot(reinterpret_cast<const llama::quant::BlockQ8_0*>(row), xq.columns()[c],
-                                               n_blocks);
-          const double s_rounding = minimum_rounding(GetParam(), row, xq.columns()[c], n_blocks);
-          const double tolerance = 1e-5 * magnitude + s_rounding + 1e-30;
-          const float fast = out[std::size_t(r + c * rows)];
-          EXPECT_NEAR(fast, exact, tolerance) << llama::quant::implementation() << " blocks " << n_blocks << " scale "
-                                              << scale << " row " << r << " col " << c;
-          EXPECT_NEAR(scalar, exact, tolerance) << "scalar blocks " << n_blocks << " scale " << scale;
-          EXPECT_NEAR(fast, scalar, 2 * tolerance);
-          if (scale == 0.0f) {
-            EXPECT_EQ(fast, 0.0f);
+  for (int rows : {5, 37})
+    for (int n_blocks : {1, 3, 17, 18, 48}) {
+      for (float scale : {0.0f, 1e-4f, 0.02f, 1.0f, 1000.0f}) {
+        const int cols = 7, width = n_blocks * 32;
+        RandomTensor w(GetParam(), rows, n_blocks, scale, rng);
+        std::vector<float> dense(std::size_t(rows) * std::size_t(width));
+        gguf::dequantize(w.info, dense.data());
+        const std::vector<float> x = random_columns(width, cols, rng);
+        llama::quant::Activations xq;
+        xq.quantize(x.data(), width, cols);
+        const llama::quant::QuantMatrix matrix(w.info);
+        std::vector<float> out(std::size_t(rows) * std::size_t(cols));
+        matrix.multiply_rows(xq, 0, rows, out.data(), rows);
+        for (int r = 0; r < rows; ++r)
+          for (int c = 0; c < cols; ++c) {
+            double magnitude = 0;
+            const double exact =
+                reference_dot(dense.data() + std::size_t(r * width), xq.columns()[c], n_blocks, &magnitude);
+            const auto* row = w.bytes.data() + std::size_t(r) * w.bytes.size() / std::size_t(rows);
+            float scalar = 0;
+            if (GetParam() == gguf::Type::Q4_1)
+              scalar = llama::quant::scalar::dot(reinterpret_cast<const llama::quant::BlockQ4_1*>(row), xq.columns()[c],
+                                                 n_blocks);
+            else if (GetParam() == gguf::Type::Q4_0)
+              scalar = llama::quant::scalar::dot(reinterpret_cast<const llama::quant::BlockQ4_0*>(row), xq.columns()[c],
+                                                 n_blocks);
+            else
+              scalar = llama::quant::scalar::dot(reinterpret_cast<const llama::quant::BlockQ8_0*>(row), xq.columns()[c],
+                                                 n_blocks);
+            const double s_rounding = minimum_rounding(GetParam(), row, xq.columns()[c], n_blocks);
+            const double tolerance =
+                1e-5 * magnitude + s_rounding + split_rounding(GetParam(), row, xq.columns()[c], n_blocks) + 1e-30;
+            const float fast = out[std::size_t(r + c * rows)];
+            EXPECT_NEAR(fast, exact, tolerance) << llama::quant::implementation() << " blocks " << n_blocks << " scale "
+                                                << scale << " row " << r << " col " << c;
+            EXPECT_NEAR(scalar, exact, tolerance) << "scalar blocks " << n_blocks << " scale " << scale;
+            EXPECT_NEAR(fast, scalar, 2 * tolerance);
+            if (scale == 0.0f) {
+              EXPECT_EQ(fast, 0.0f);
+            }
           }
-        }
+      }
     }
+}
+
+// A row's product does not depend on which rows are multiplied with it (the engine hands rows to its threads
+// in blocks, and a thread count must not change the logits): each row alone gives the bits it gives among 37.
+TEST_P(QuantProduct, ARowGivesTheSameBitsAloneAsAmongOthers) {
+  std::mt19937 rng(9);
+  const int rows = 37, n_blocks = 18, width = n_blocks * 32;
+  RandomTensor w(GetParam(), rows, n_blocks, 0.02f, rng);
+  const llama::quant::QuantMatrix matrix(w.info);
+  for (int cols : {1, 2, 3, 4, 16, 70}) {
+    const std::vector<float> x = random_columns(width, cols, rng);
+    llama::quant::Activations xq;
+    xq.quantize(x.data(), width, cols);
+    std::vector<float> together(std::size_t(rows) * std::size_t(cols)), alone(together.size());
+    matrix.multiply_rows(xq, 0, rows, together.data(), rows);
+    for (int r = 0; r < rows; ++r) matrix.multiply_rows(xq, r, r + 1, alone.data(), rows);
+    for (std::size_t i = 0; i < together.size(); ++i)
+      ASSERT_EQ(together[i], alone[i]) << "row " << i % rows << " column " << i / rows << " of " << cols;
   }
 }
 

@@ -8,8 +8,8 @@
 // so one integer dot product and two multiplies per block. Q4_0 (values d (q - 8)) and Q8_0 have no minimum.
 //
 // Three implementations, chosen at compile time: AVX-512 with VNNI (sixteen weight rows side by side, one per
-// lane), AVX2 (tiles of rows by columns, a row's block in a register), and a portable scalar one that the tests
-// run on every build and compare with the vector path.
+// lane), AVX2 (eight rows side by side; Q8_0 without VNNI in tiles of rows by columns, a row's block in a
+// register), and a portable scalar one that the tests run on every build and compare with the vector path.
 #ifndef KVEVICT_EXAMPLES_LLAMA_QUANT_HPP
 #define KVEVICT_EXAMPLES_LLAMA_QUANT_HPP
 
@@ -287,10 +287,190 @@ struct Tile {
   }
 };
 
+// Eight weight rows side by side, one per 32-bit lane: the AVX-512 row lanes below (read their comment first) at
+// half the width. Without VNNI, a block's products go through 16-bit pairs, which only Q4's values (0..15) let
+// add up before widening (8 x 2 x 15 x 127 < 2^15); Q8_0 then keeps its tiles.
+template <class Block>
+inline constexpr bool in_row_lanes = KVEVICT_QUANT_VNNI || !std::is_same_v<Block, BlockQ8_0>;
+
+template <class Block>
+struct RowLanes {
+  static constexpr std::size_t kQs = std::is_same_v<Block, BlockQ4_1> ? 4 : 2;  // the values' byte offset
+  static constexpr int kOffset = std::is_same_v<Block, BlockQ4_0> ? 8 : std::is_same_v<Block, BlockQ8_0> ? 128 : 0;
+
+  __m256i q[8];
+  __m256 d, m;
+
+  // rows[i]: lane i's row; offsets: lane i's byte offset from rows[0].
+  RowLanes(const std::uint8_t* const* rows, __m256i offsets, int b) {
+    const std::size_t at = std::size_t(b) * sizeof(Block);
+    transposed(rows, at + kQs, q);
+    if constexpr (std::is_same_v<Block, BlockQ8_0>) {
+      transposed(rows, at + kQs + 16, q + 4);
+      for (auto& v : q) v = _mm256_xor_si256(v, _mm256_set1_epi8(char(0x80)));
+    } else {
+      const __m256i low = _mm256_set1_epi8(0x0F);
+      for (int k = 0; k < 4; ++k) {
+        q[k + 4] = _mm256_and_si256(_mm256_srli_epi16(q[k], 4), low);
+        q[k] = _mm256_and_si256(q[k], low);
+      }
+    }
+    // d and m, the block's first four bytes (m: Q4_1 only), of the eight rows: each 128-bit lane's four d's, then
+    // its four m's, then the lanes' d's together in the low half.
+    const __m256i scales = _mm256_i32gather_epi32(reinterpret_cast<const int*>(rows[0] + at), offsets, 1);
+    const __m256i halves =
+        _mm256_shuffle_epi8(scales, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5,
+                                                     8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    const __m256i ordered = _mm256_permute4x64_epi64(halves, _MM_SHUFFLE(3, 1, 2, 0));
+    d = _mm256_cvtph_ps(_mm256_castsi256_si128(ordered));
+    if constexpr (std::is_same_v<Block, BlockQ4_1>) m = _mm256_cvtph_ps(_mm256_extracti128_si256(ordered, 1));
+  }
+
+  // Sixteen bytes at `at` of every row as four vectors, v[k] lane i = 32-bit group k of row i: vector j takes
+  // rows j and j + 4 in its two 128-bit lanes, then a 4x4 transpose within each lane.
+  static void transposed(const std::uint8_t* const* rows, std::size_t at, __m256i* v) {
+    auto load = [&](int i) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + at)); };
+    __m256i z[4];
+    for (int j = 0; j < 4; ++j) z[j] = _mm256_set_m128i(load(j + 4), load(j));
+    const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+    v[0] = _mm256_unpacklo_epi64(t0, t2);
+    v[1] = _mm256_unpackhi_epi64(t0, t2);
+    v[2] = _mm256_unpacklo_epi64(t1, t3);
+    v[3] = _mm256_unpackhi_epi64(t1, t3);
+  }
+
+  // The block's integer sums of the eight rows against one column.
+  __m256i products(const BlockQ8& x) const {
+    std::int32_t group[8];
+    std::memcpy(group, x.qs, sizeof group);
+    const __m256i offset = _mm256_set1_epi32(-kOffset * x.sum);
+#if KVEVICT_QUANT_VNNI
+    __m256i even = offset, odd = _mm256_setzero_si256();
+    for (int k = 0; k < 4; ++k) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+      even = _mm256_dpbusd_epi32(even, q[k], _mm256_set1_epi32(group[k]));
+      odd = _mm256_dpbusd_epi32(odd, q[k + 4], _mm256_set1_epi32(group[k + 4]));
+#else
+      even = _mm256_dpbusd_avx_epi32(even, q[k], _mm256_set1_epi32(group[k]));
+      odd = _mm256_dpbusd_avx_epi32(odd, q[k + 4], _mm256_set1_epi32(group[k + 4]));
+#endif
+    }
+    return _mm256_add_epi32(even, odd);
+#else
+    __m256i pairs = _mm256_maddubs_epi16(q[0], _mm256_set1_epi32(group[0]));
+    for (int k = 1; k < 8; ++k)
+      pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(q[k], _mm256_set1_epi32(group[k])));
+    return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), offset);
+#endif
+  }
+
+  // acc plus this block's products of the eight rows with column x.
+  __m256 accumulate(const BlockQ8& x, __m256 acc) const {
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products(x)), _mm256_mul_ps(d, _mm256_set1_ps(x.d)), acc);
+    if constexpr (std::is_same_v<Block, BlockQ4_1>) acc = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), acc);
+    return acc;
+  }
+};
+
+// What lanes::multiply needs of the width.
+struct Lanes {
+  static constexpr int kRows = 8;
+  using Sums = __m256;
+  using Offsets = __m256i;
+  using Valid = __m256i;
+  template <class Block>
+  using Group = RowLanes<Block>;
+  static Sums zero() { return _mm256_setzero_ps(); }
+  static Offsets offsets(const std::int32_t* o) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(o)); }
+  static Valid first(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static void store(float* out, Valid valid, Sums sums) { _mm256_maskstore_ps(out, valid, sums); }
+};
+
+}  // namespace avx2
+
+// Rows side by side, one per lane, for either width (Isa: avx2::Lanes or avx512::Lanes).
+namespace lanes {
+
+// The most columns one pass over a group's blocks takes: their sums stay in L1 (4 KB) between blocks.
+constexpr int kMaxColumns = 64;
+
+// out(row of lane i, c) for n_cols <= kMaxColumns columns: block by block, each block's rows transposed once
+// for every column (the transposition costs more than a column's products, so the more columns the better).
+// kCols > 0 fixes the count at compile time, which keeps the sums of a few columns (decode) in registers.
+// `next_lines` cache lines from `next` (the next rows, or none) are asked for along the way, a share per block:
+// a group's rows are more streams than the hardware prefetcher follows.
+template <class Isa, int kCols, class Block>
+void pass(const std::uint8_t* const* rows, typename Isa::Offsets offsets, typename Isa::Valid valid,
+          const BlockQ8* const* a, int n_cols, int n_blocks, float* out, std::int64_t ld, const std::uint8_t* next,
+          int next_lines) {
+  if constexpr (kCols > 0) n_cols = kCols;
+  typename Isa::Sums acc[std::size_t(kCols > 0 ? kCols : kMaxColumns)];
+  for (int c = 0; c < n_cols; ++c) acc[c] = Isa::zero();
+  const int lines_per_block = (next_lines + n_blocks - 1) / n_blocks;
+  for (int b = 0; b < n_blocks; ++b) {
+    for (int line = b * lines_per_block; line < std::min((b + 1) * lines_per_block, next_lines); ++line)
+      _mm_prefetch(reinterpret_cast<const char*>(next + 64 * line), _MM_HINT_T0);
+    const typename Isa::template Group<Block> w(rows, offsets, b);
+    for (int c = 0; c < n_cols; ++c) acc[c] = w.accumulate(a[c][b], acc[c]);
+  }
+  for (int c = 0; c < n_cols; ++c) Isa::store(out + std::ptrdiff_t(c) * ld, valid, acc[c]);
+}
+
+template <class Isa, class Block>
+void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
+              int n_cols, int n_blocks, float* out, std::int64_t ld) {
+  constexpr int kRows = Isa::kRows;
+  // The first group's rows, asked for at once: the engine hands its threads rows 32 at a time, so every
+  // call starts on rows the hardware prefetcher has not seen.
+  for (std::size_t line = 0; line < std::size_t(std::min<std::int64_t>(kRows, n_rows)) * row_bytes; line += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(first_row + line), _MM_HINT_T0);
+  for (std::int64_t r = 0; r < n_rows; r += kRows) {
+    // Past the last row, lanes repeat it: their loads stay inside the matrix and their sums are not stored.
+    const int n = int(std::min<std::int64_t>(kRows, n_rows - r));
+    const std::uint8_t* rows[std::size_t(kRows)];
+    std::int32_t offsets[std::size_t(kRows)];
+    for (int i = 0; i < kRows; ++i) {
+      const int row = std::min(i, n - 1);
+      rows[i] = first_row + std::size_t(r + row) * row_bytes;
+      offsets[i] = row * std::int32_t(row_bytes);
+    }
+    const auto lane_offsets = Isa::offsets(offsets);
+    const auto valid = Isa::first(n);
+    // The next group's rows follow this one's in memory: the first pass over the columns asks for them.
+    int next_lines = r + 2 * kRows <= n_rows ? int(std::size_t(kRows) * row_bytes / 64) : 0;
+    for (int c = 0; c < n_cols; c += kMaxColumns) {
+      const int cols = std::min(kMaxColumns, n_cols - c);
+      auto run = [&](auto fixed) {
+        pass<Isa, decltype(fixed)::value, Block>(rows, lane_offsets, valid, a + c, cols, n_blocks, out + r + c * ld, ld,
+                                                 rows[0] + kRows * row_bytes, next_lines);
+      };
+      if (cols == 1)
+        run(std::integral_constant<int, 1>{});
+      else if (cols == 2)
+        run(std::integral_constant<int, 2>{});
+      else if (cols == 4)
+        run(std::integral_constant<int, 4>{});
+      else
+        run(std::integral_constant<int, 0>{});
+      next_lines = 0;
+    }
+  }
+}
+
+}  // namespace lanes
+
+namespace avx2 {
+
 template <class Block>
 void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
               int n_cols, int n_blocks, float* out, std::int64_t ld) {
-  multiply_tiles<Block, Tile, 4, 2>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
+  if constexpr (in_row_lanes<Block>)
+    lanes::multiply<Lanes, Block>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
+  else
+    multiply_tiles<Block, Tile, 4, 2>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
 }
 
 }  // namespace avx2
@@ -356,84 +536,42 @@ struct RowLanes {
     v[2] = _mm512_unpacklo_epi64(t1, t3);
     v[3] = _mm512_unpackhi_epi64(t1, t3);
   }
+
+  // acc plus this block's products of the sixteen rows with column x.
+  __m512 accumulate(const BlockQ8& x, __m512 acc) const {
+    std::int32_t group[8];
+    std::memcpy(group, x.qs, sizeof group);
+    // Two chains of four, so one column's products do not wait on one another's latency.
+    __m512i even = _mm512_set1_epi32(-kOffset * x.sum), odd = _mm512_setzero_si512();
+    for (int k = 0; k < 4; ++k) {
+      even = _mm512_dpbusd_epi32(even, q[k], _mm512_set1_epi32(group[k]));
+      odd = _mm512_dpbusd_epi32(odd, q[k + 4], _mm512_set1_epi32(group[k + 4]));
+    }
+    const __m512 products = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
+    acc = _mm512_fmadd_ps(products, _mm512_mul_ps(d, _mm512_set1_ps(x.d)), acc);
+    if constexpr (std::is_same_v<Block, BlockQ4_1>) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc);
+    return acc;
+  }
 };
 
-// The most columns one pass over a group's blocks takes: their sums stay in L1 (4 KB) between blocks.
-constexpr int kLaneColumns = 64;
-
-// out(row of lane i, c) for n_cols <= kLaneColumns columns: block by block, each block's rows transposed once
-// for every column (the transposition costs more than a column's products, so the more columns the better).
-// kCols > 0 fixes the count at compile time, which keeps the sums of a few columns (decode) in registers.
-// `next_lines` cache lines from `next` (the next rows, or none) are asked for along the way, a share per block:
-// sixteen rows are sixteen streams, more than the hardware prefetcher follows.
-template <int kCols, class Block>
-void row_lanes(const std::uint8_t* const* rows, __m512i offsets, __mmask16 valid, const BlockQ8* const* a, int n_cols,
-               int n_blocks, float* out, std::int64_t ld, const std::uint8_t* next, int next_lines) {
-  if constexpr (kCols > 0) n_cols = kCols;
-  __m512 acc[std::size_t(kCols > 0 ? kCols : kLaneColumns)];
-  for (int c = 0; c < n_cols; ++c) acc[c] = _mm512_setzero_ps();
-  const int lines_per_block = (next_lines + n_blocks - 1) / n_blocks;
-  for (int b = 0; b < n_blocks; ++b) {
-    for (int line = b * lines_per_block; line < std::min((b + 1) * lines_per_block, next_lines); ++line)
-      _mm_prefetch(reinterpret_cast<const char*>(next + 64 * line), _MM_HINT_T0);
-    const RowLanes<Block> w(rows, offsets, b);
-    for (int c = 0; c < n_cols; ++c) {
-      const BlockQ8& x = a[c][b];
-      std::int32_t group[8];
-      std::memcpy(group, x.qs, sizeof group);
-      // Two chains of four, so one column's products do not wait on one another's latency.
-      __m512i even = _mm512_set1_epi32(-RowLanes<Block>::kOffset * x.sum), odd = _mm512_setzero_si512();
-      for (int k = 0; k < 4; ++k) {
-        even = _mm512_dpbusd_epi32(even, w.q[k], _mm512_set1_epi32(group[k]));
-        odd = _mm512_dpbusd_epi32(odd, w.q[k + 4], _mm512_set1_epi32(group[k + 4]));
-      }
-      const __m512 products = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
-      __m512 sum = _mm512_fmadd_ps(products, _mm512_mul_ps(w.d, _mm512_set1_ps(x.d)), acc[c]);
-      if constexpr (std::is_same_v<Block, BlockQ4_1>) sum = _mm512_fmadd_ps(w.m, _mm512_set1_ps(x.s), sum);
-      acc[c] = sum;
-    }
-  }
-  for (int c = 0; c < n_cols; ++c) _mm512_mask_storeu_ps(out + std::ptrdiff_t(c) * ld, valid, acc[c]);
-}
+// What lanes::multiply needs of the width.
+struct Lanes {
+  static constexpr int kRows = 16;
+  using Sums = __m512;
+  using Offsets = __m512i;
+  using Valid = __mmask16;
+  template <class Block>
+  using Group = RowLanes<Block>;
+  static Sums zero() { return _mm512_setzero_ps(); }
+  static Offsets offsets(const std::int32_t* o) { return _mm512_loadu_si512(o); }
+  static Valid first(int n) { return __mmask16((1u << n) - 1u); }
+  static void store(float* out, Valid valid, Sums sums) { _mm512_mask_storeu_ps(out, valid, sums); }
+};
 
 template <class Block>
 void multiply(const std::uint8_t* first_row, std::size_t row_bytes, std::int64_t n_rows, const BlockQ8* const* a,
               int n_cols, int n_blocks, float* out, std::int64_t ld) {
-  // The first group's rows, asked for at once: the engine hands its threads rows 32 at a time, so every
-  // call starts on rows the hardware prefetcher has not seen.
-  for (std::size_t line = 0; line < std::size_t(std::min<std::int64_t>(16, n_rows)) * row_bytes; line += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(first_row + line), _MM_HINT_T0);
-  for (std::int64_t r = 0; r < n_rows; r += 16) {
-    // Past the last row, lanes repeat it: their loads stay inside the matrix and their sums are not stored.
-    const int n = int(std::min<std::int64_t>(16, n_rows - r));
-    const std::uint8_t* rows[16];
-    alignas(64) std::int32_t offsets[16];
-    for (int i = 0; i < 16; ++i) {
-      const int row = std::min(i, n - 1);
-      rows[i] = first_row + std::size_t(r + row) * row_bytes;
-      offsets[i] = row * std::int32_t(row_bytes);
-    }
-    const __m512i lane_offsets = _mm512_load_si512(offsets);
-    const auto valid = __mmask16((1u << n) - 1u);
-    // The next group's rows follow this one's in memory: the first pass over the columns asks for them.
-    int next_lines = r + 32 <= n_rows ? int(16 * row_bytes / 64) : 0;
-    for (int c = 0; c < n_cols; c += kLaneColumns) {
-      const int cols = std::min(kLaneColumns, n_cols - c);
-      auto run = [&](auto fixed) {
-        row_lanes<decltype(fixed)::value, Block>(rows, lane_offsets, valid, a + c, cols, n_blocks, out + r + c * ld, ld,
-                                                 rows[0] + 16 * row_bytes, next_lines);
-      };
-      if (cols == 1)
-        run(std::integral_constant<int, 1>{});
-      else if (cols == 2)
-        run(std::integral_constant<int, 2>{});
-      else if (cols == 4)
-        run(std::integral_constant<int, 4>{});
-      else
-        run(std::integral_constant<int, 0>{});
-      next_lines = 0;
-    }
-  }
+  lanes::multiply<Lanes, Block>(first_row, row_bytes, n_rows, a, n_cols, n_blocks, out, ld);
 }
 
 }  // namespace avx512

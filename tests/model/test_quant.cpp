@@ -103,7 +103,7 @@ double minimum_rounding(gguf::Type type, const std::uint8_t* row, const BlockQ8*
 // product, the FMA into its lane, the lanes' pairwise sum, the sums across blocks), by 2^-24 of the running sum
 // at most: the bound on top of the dequantised product's.
 double split_rounding(gguf::Type type, const std::uint8_t* row, const BlockQ8* x, int n_blocks) {
-  const auto [block_bytes, values] = gguf::block_layout(type);
+  const std::size_t block_bytes = gguf::block_layout(type).first;
   double terms = 0;
   for (int b = 0; b < n_blocks; ++b) {
     const std::uint8_t* block = row + std::size_t(b) * block_bytes;
@@ -124,7 +124,6 @@ double split_rounding(gguf::Type type, const std::uint8_t* row, const BlockQ8* x
     terms +=
         std::fabs(double(gguf::half_to_float(d)) * x[b].d * isum) + std::fabs(double(gguf::half_to_float(m)) * x[b].s);
   }
-  (void)values;
   return double(n_blocks + 8) * std::ldexp(terms, -24);
 }
 

@@ -119,7 +119,9 @@ TEST(Engine, NextTokenLogitsMatchLlamaCpp) {
 
 // Along two passages (256 tokens of Emma, 512 of Persuasion): the same top-1 wherever llama.cpp leads by more
 // than 2 * kLogitTolerance, and perplexity within 1% of llama.cpp's on the same tokens. Measured: see the
-// printout (top-1 agreement over all positions, the disagreements' largest lead, perplexity of both).
+// printout (top-1 agreement over all positions, the disagreements' largest lead, perplexity of both). llama.cpp
+// itself, rerun on a machine with another instruction set, agrees with this file on 246 of 256 Emma tokens
+// (scripts/llama_self_agreement.sh), so the bound is on the leads, not on the count.
 TEST(Engine, TopOneAndPerplexityAgreeWithLlamaCppAlongPassages) {
   std::istringstream lines(golden("passage_top1.txt"));
   int passages = 0;

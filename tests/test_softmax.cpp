@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <kvevict/softmax.hpp>
 #include <limits>
@@ -44,6 +45,28 @@ TEST_P(NormalizeTest, FullyMaskedRowIsZeroNotNaN) {
   std::vector<float> x(5, -kInf);
   kvevict::normalize(x.data(), 5, GetParam());
   for (float v : x) EXPECT_EQ(v, 0.0f);
+}
+
+// The same logits give the same bits wherever the row lies: an engine's buffers or the heap's, which moves from
+// run to run. Measured before exp_of_shifted and sum_in_fixed_order: rows at most offsets differed in the last
+// bits (Eigen's scalar exp and sum order before the first aligned element).
+TEST_P(NormalizeTest, BitsDoNotDependOnWhereTheRowLies) {
+  constexpr int n = 1000, kOffsets = 16;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 4.0f);
+  std::vector<float> logits(n);
+  for (float& v : logits) v = dist(rng);
+  logits[5] = -kInf;  // a masked key
+  std::vector<float> buffer(n + kOffsets), first;
+  for (int offset = 0; offset < kOffsets; ++offset) {
+    float* row = buffer.data() + offset;
+    std::copy(logits.begin(), logits.end(), row);
+    kvevict::normalize(row, n, GetParam(), 0.75f);
+    const std::vector<float> weights(row, row + n);
+    if (offset == 0) first = weights;
+    EXPECT_EQ(weights, first) << "row at offset " << offset << " floats";
+  }
+  EXPECT_EQ(first[5], 0.0f);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, NormalizeTest,

@@ -90,47 +90,20 @@ Eigen::Map<Eigen::ArrayXf> group_mean(const AttentionView<Scalar>& a, int t, int
   });
 }
 
-/// The sum of x[0, n) in an order set by n alone: sixteen running sums, then their total. Eigen's vectorised
-/// sum starts its packets at the first aligned element, so its bits depend on where x lies in memory, and a
-/// buffer from the heap lies elsewhere from run to run.
-inline float sum_in_fixed_order(const float* x, int n) {
-  constexpr int kLanes = 16;
-  float lanes[kLanes] = {};
-  int i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += x[i + l];
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += x[i];
-  float sum = 0.0f;
-  for (const float lane : lanes) sum += lane;
-  return sum;
-}
-
 /// softmax_j(gain x_j) of `n` logits (masked: -inf), as floats in `out`; an all-masked row gives zeros. The
-/// bits do not depend on where `out` lies: the exponentials are taken in aligned blocks on the stack, since
-/// over `out` itself Eigen would take a scalar exp, whose last bit differs from its vectorised one, for the
-/// elements before the first aligned one.
+/// bits do not depend on where `out` lies.
 template <class Scalar>
 Eigen::Map<Eigen::ArrayXf> sharpened_softmax(const Scalar* logits, int n, double gain, float* out) {
   constexpr Scalar masked = -std::numeric_limits<Scalar>::infinity();
-  constexpr int kBlock = 64;
-  const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> x(logits, n);
   Eigen::Map<Eigen::ArrayXf> w(out, n);
-  const Scalar m = x.maxCoeff();
+  const Scalar m = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>(logits, n).maxCoeff();
   if (m == masked) {
     w.setZero();
     return w;
   }
-  alignas(64) Scalar block[kBlock];
-  Eigen::Map<Eigen::Array<Scalar, kBlock, 1>, Eigen::Aligned64> b(block);
-  for (int i = 0; i < n; i += kBlock) {
-    const int len = std::min(kBlock, n - i);
-    b.head(len) = x.segment(i, len);
-    b.tail(kBlock - len).setConstant(masked);
-    b = ((b - m) * Scalar(gain)).exp();
-    w.segment(i, len) = b.head(len).template cast<float>();
-  }
+  exp_of_shifted(logits, n, m, Scalar(gain), out);
   flush_denormals(out, n);
-  w *= 1.0f / sum_in_fixed_order(out, n);
+  w *= 1.0f / sum_in_fixed_order(out, std::ptrdiff_t(n));
   return w;
 }
 

@@ -142,7 +142,7 @@ TEST(AhaKV, LambdaFollowsTheFormulaInsideTheClamp) {
 }
 
 // The same logits give the same weights wherever the output buffer lies: AhaKV's buffer comes from the heap,
-// whose layout changes from run to run, and a sum whose order followed the buffer's alignment made AhaKV's
+// whose layout changes from run to run, and an exp and a sum that followed the buffer's alignment made AhaKV's
 // perplexity on the real model depend on what else the process had allocated (37.25 against 37.18 over 4095
 // tokens of Persuasion, the first difference one unit in the sixth digit at token 506).
 TEST(AhaKV, StepGainWeightsDoNotDependOnWhereTheyAreWritten) {

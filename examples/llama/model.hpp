@@ -522,23 +522,37 @@ class Model {
   void multiply(std::initializer_list<std::pair<const Weight*, Eigen::MatrixXf*>> products, const Eigen::MatrixXf& x,
                 quant::Activations& xq) const {
     xq.quantize(x.data(), int(x.rows()), int(x.cols()));
-    constexpr Eigen::Index kRows = 32;
-    // Blocks of kRows rows, numbered through the products one after another: first[i] is product i's first.
+    // Blocks of rows, numbered through the products one after another: first[i] is product i's first.
     std::array<int, 4> first{};
+    std::array<Eigen::Index, 3> block_rows{};
     const auto* list = products.begin();
     const int n_products = int(products.size());
     for (int i = 0; i < n_products; ++i) {
       auto& [w, out] = list[i];
       out->resize(w->rows(), x.cols());
-      first[std::size_t(i) + 1] = first[std::size_t(i)] + int((w->rows() + kRows - 1) / kRows);
+      block_rows[std::size_t(i)] = rows_per_task(w->rows(), x.cols());
+      first[std::size_t(i) + 1] =
+          first[std::size_t(i)] + int((w->rows() + block_rows[std::size_t(i)] - 1) / block_rows[std::size_t(i)]);
     }
     pool_->parallel_for(first[std::size_t(n_products)], [&](int b) {
       int i = 0;
       while (b >= first[std::size_t(i) + 1]) ++i;
       const auto& [w, out] = list[i];
-      const Eigen::Index r = Eigen::Index(b - first[std::size_t(i)]) * kRows;
-      w->multiply_rows(x, xq, r, std::min(r + kRows, w->rows()), *out);
+      const Eigen::Index n = block_rows[std::size_t(i)];
+      const Eigen::Index r = Eigen::Index(b - first[std::size_t(i)]) * n;
+      w->multiply_rows(x, xq, r, std::min(r + n, w->rows()), *out);
     });
+  }
+
+  // Rows per task. A batch's columns make each row work enough, and 32 rows keep every thread busy to the end.
+  // With a few columns (decode) a call finishes before its rows arrive from memory, and threads taking turns
+  // with 32-row blocks started every call on rows nobody had asked for yet: each product is then cut into about
+  // four tasks per thread, long runs of rows (decode 1.3-1.9x faster; docs/PERFORMANCE.md).
+  Eigen::Index rows_per_task(Eigen::Index rows, Eigen::Index cols) const {
+    constexpr Eigen::Index kBatchRows = 32;
+    if (cols > 4) return kBatchRows;
+    const Eigen::Index per_task = rows / (Eigen::Index(pool_->size()) * 4);
+    return std::max(kBatchRows, (per_task + 15) / 16 * 16);
   }
 
   static Weight weight(const gguf::File& file, const std::string& name, int rows, int cols) {

@@ -2,7 +2,7 @@
 # 16-bit K/V on the real model: every policy at budget 256 over 4096 tokens of Persuasion with the caches
 # storing K and V as f32, f16 and bf16, then each 16-bit run against its f32 twin on the same tokens
 # (perplexity ratio with a paired block-bootstrap interval). Writes build/kv_types/ and prints a markdown
-# table for docs/RESULTS.md. About 25 minutes on two cores.
+# table for docs/RESULTS.md. About 7 minutes on two idle cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh

@@ -74,34 +74,41 @@ TEST(AllocationCounter, CountsAllocations) {
 
 namespace {
 template <class Storage, class Policy>
-void expect_threaded_steps_allocate_nothing(const Policy& policy) {
-  // Key splits over a second thread (budget 2048: two ranges of 1024), 16-bit storage included: the steady
-  // state still allocates nothing, on either thread.
+void expect_threaded_steps_allocate_nothing(const Policy& policy, int fill = 2048, bool parallel_heads = false) {
+  // Key splits over a second thread (budget 2048: two ranges of 1024), or the kv heads as the tasks (a budget
+  // too small to split), 16-bit storage included: the steady state still allocates nothing, on either thread.
   using Cache = kvevict::KVCache<Storage, Policy>;
-  constexpr int kSteps = 50, kFill = 2048;
-  const kvevict::Shape s{1, 6, 2, 16, kFill};
+  constexpr int kSteps = 50;
+  const kvevict::Shape s{1, 6, 2, 16, fill};
   testing_support::TwoThreads threads;
   kvevict::CacheOptions o;
   o.max_chunk = 64;
   o.rope = kvevict::Rope(s.head_dim, 10000.0);
   o.attention.key_splits = 4;
   o.attention.parallel_for = threads.parallel_for();
+  o.attention.parallel_heads = parallel_heads;
   Cache cache(s, policy, o);
-  const testing_support::Stream<float> stream(s, kFill + kSteps, 8);
+  const testing_support::Stream<float> stream(s, fill + kSteps, 8);
   typename Cache::Matrix out(64, s.n_q_heads * s.head_dim);
   auto step = [&](int t, int chunk) {
     cache.forward(0, stream.q[0].middleRows(t, chunk), stream.k[0].middleRows(t, chunk),
                   stream.v[0].middleRows(t, chunk), out.topRows(chunk));
   };
-  for (int t = 0; t < kFill; t += 64) step(t, 64);
+  for (int t = 0; t < fill; t += 64) step(t, 64);
   const long before = g_allocations.load();
-  for (int t = kFill; t < kFill + kSteps; ++t) step(t, 1);
+  for (int t = fill; t < fill + kSteps; ++t) step(t, 1);
   EXPECT_EQ(g_allocations.load() - before, 0) << "heap allocations in " << kSteps << " threaded steps";
-  EXPECT_EQ(cache.size(0, 0), kFill);
+  EXPECT_EQ(cache.size(0, 0), fill);
 }
 
 TEST(SteadyStateThreaded, HalfStreamingLLMAllocatesNothing) {
   expect_threaded_steps_allocate_nothing<Eigen::half>(kvevict::StreamingLLM{4});
 }
 TEST(SteadyStateThreaded, FloatH2OAllocatesNothing) { expect_threaded_steps_allocate_nothing<float>(kvevict::H2O{}); }
+TEST(SteadyStateThreaded, HalfAhaKvWithHeadsAsTasksAllocatesNothing) {
+  expect_threaded_steps_allocate_nothing<Eigen::half>(kvevict::AhaKV{}, 256, true);
+}
+TEST(SteadyStateThreaded, FloatStreamingLLMWithHeadsAsTasksAllocatesNothing) {
+  expect_threaded_steps_allocate_nothing<float>(kvevict::StreamingLLM{4}, 256, true);
+}
 }  // namespace

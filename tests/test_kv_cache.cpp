@@ -13,6 +13,7 @@
 
 #include "cache_testing.hpp"
 #include "reference.hpp"
+#include "two_threads.hpp"
 
 namespace {
 using kvevict::CacheOptions;
@@ -671,6 +672,50 @@ TEST(KVCache, OffByOneAndSinkLogitReachTheKernel) {
 }  // namespace
 
 namespace {
+TEST(ParallelHeads, HeadsAreTheTasksUntilTheKeysAreEnoughToSplit) {
+  // Three kv heads over two threads: the heads are the tasks until a head holds 2 x kMinKeysPerSplit keys, then
+  // each head splits its keys in turn, never both at once (nested). Either way the bits of one thread's cache
+  // with the same key splits.
+  const Shape s{1, 6, 3, 16, 2300};
+  const int tokens = 2 * kvevict::kMinKeysPerSplit + 64;
+  testing_support::TwoThreads threads;
+  std::vector<int> task_counts;  // n of each parallel_for call the heads-as-tasks cache makes
+  bool nested = false, inside = false;
+  CacheOptions o;
+  o.rope = kvevict::Rope(s.head_dim, 10000.0);
+  o.attention.key_splits = 2;
+  o.attention.parallel_for = threads.parallel_for();
+  kvevict::KVCache<float, kvevict::Dense> serial(s, {}, o);
+  o.attention.parallel_heads = true;
+  o.attention.parallel_for = [&](int n, kvevict::TaskRef task) {
+    nested = nested || inside;
+    task_counts.push_back(n);
+    inside = true;
+    threads.run(n, task);
+    inside = false;
+  };
+  kvevict::KVCache<float, kvevict::Dense> tasks(s, {}, o);
+  const Stream<float> stream(s, tokens, 12);
+  long steps_unsplit = 0;  // steps whose heads hold fewer keys than two ranges need, the chunk included
+  for (int t = 0; t < tokens;) {
+    const int chunk = t < 2 * kvevict::kMinKeysPerSplit - 64 ? 64 : 1;
+    steps_unsplit += t + chunk < 2 * kvevict::kMinKeysPerSplit;
+    MatrixF a(chunk, s.n_q_heads * s.head_dim), b = a;
+    serial.forward(0, stream.q[0].middleRows(t, chunk), stream.k[0].middleRows(t, chunk),
+                   stream.v[0].middleRows(t, chunk), a);
+    tasks.forward(0, stream.q[0].middleRows(t, chunk), stream.k[0].middleRows(t, chunk),
+                  stream.v[0].middleRows(t, chunk), b);
+    ASSERT_TRUE(a == b) << "token " << t;
+    t += chunk;
+  }
+  EXPECT_FALSE(nested);
+  const auto first_split = std::find(task_counts.begin(), task_counts.end(), 2);
+  ASSERT_NE(first_split, task_counts.end()) << "the keys were never split";
+  EXPECT_TRUE(std::all_of(task_counts.begin(), first_split, [](int n) { return n == 3; }));
+  EXPECT_TRUE(std::all_of(first_split, task_counts.end(), [](int n) { return n == 2; }));
+  EXPECT_EQ(first_split - task_counts.begin(), steps_unsplit);
+}
+
 TEST(NamedConstruction, ShapeAndHeadContextByName) {
   constexpr auto shape =
       kvevict::Shape{}.with_layers(30).with_q_heads(9).with_kv_heads(3).with_head_dim(64).with_budget(512);

@@ -9,6 +9,7 @@
 
 #include "cache_testing.hpp"
 #include "policies_under_test.hpp"
+#include "two_threads.hpp"
 
 namespace {
 using kvevict::CacheOptions;
@@ -201,6 +202,36 @@ TYPED_TEST(PolicyInvariants, EqualsDenseWhenTheBudgetCoversTheSequence) {
         ASSERT_TRUE(a.isApprox(b, typename TestFixture::Scalar(1e-5))) << "step " << t << " layer " << l;
       }
     }
+}
+
+TYPED_TEST(PolicyInvariants, KvHeadsAsTasksGiveTheSerialBits) {
+  // Each kv head's attention is the same arithmetic on either thread, and the policy observes the heads in the
+  // same order on the calling thread: outputs and every slot the same bits as one thread's, at every step.
+  using CacheT = typename TestFixture::Cache;
+  using MatrixT = typename TestFixture::Matrix;
+  const Shape s{2, 6, 3, 8, TestFixture::budget_for(12)};
+  testing_support::TwoThreads threads;
+  CacheOptions o = TestFixture::options();
+  o.rope = kvevict::Rope(s.head_dim, 10000.0);
+  o.attention.key_splits = 2;
+  o.attention.parallel_for = threads.parallel_for();
+  const auto policy = testing_support::make_policy<typename TestFixture::Policy>();
+  CacheT serial(s, policy, o);
+  o.attention.parallel_heads = true;
+  CacheT tasks(s, policy, o);
+  const Stream<typename TestFixture::Scalar> stream(s, TestFixture::kTokens, 6);
+  for (int t = 0; t < TestFixture::kTokens;) {
+    const int chunk = t == 0 ? 5 : 1;
+    for (int l = 0; l < s.n_layers; ++l) {
+      const auto rows = [&](const std::vector<MatrixT>& m) { return m[std::size_t(l)].middleRows(t, chunk); };
+      MatrixT a(chunk, stream.q[std::size_t(l)].cols()), b = a;
+      serial.forward(l, rows(stream.q), rows(stream.k), rows(stream.v), a);
+      tasks.forward(l, rows(stream.q), rows(stream.k), rows(stream.v), b);
+      ASSERT_TRUE(a == b) << "step " << t << " layer " << l;
+    }
+    t += chunk;
+    ASSERT_TRUE(testing_support::Snapshot<CacheT>(serial) == testing_support::Snapshot<CacheT>(tasks)) << "step " << t;
+  }
 }
 
 TYPED_TEST(PolicyInvariants, CompressesAWholePromptToExactlyItsBudget) {

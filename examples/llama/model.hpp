@@ -270,9 +270,11 @@ class Model {
     o.max_chunk = max_chunk;
     o.max_prompt = max_prompt;
     o.rope = kvevict::Rope(c_.head_dim, c_.rope_theta, kvevict::RopeLayout::adjacent);  // GGUF's Q/K permutation
-    // Long caches split each group's keys across the engine's threads (one sequence alone; sequences side
-    // by side already fill them, and the pool then runs the splits in place).
+    // One sequence alone spreads a layer's attention over the engine's threads: its kv heads while they are
+    // short, each head's keys once they are long (sequences side by side already fill the threads, and the pool
+    // then runs either in place).
     o.attention.key_splits = std::min(pool_->size(), 256);
+    o.attention.parallel_heads = true;
     o.attention.parallel_for = [pool = pool_](int n, kvevict::TaskRef task) {
       pool->parallel_for(n, [task](int i) { task(i); });
     };

@@ -50,6 +50,11 @@ struct AttentionOptions {
   /// `parallel_for`, their partial sums merged after. 1 (or no parallel_for): one pass, serial.
   int key_splits = 1;
   ParallelFor parallel_for;
+  /// KVCache: a layer's kv heads run as tasks of `parallel_for`, one per head, while no head holds keys enough
+  /// to split (key_ranges() is 1 for each); past that the heads run in turn and each splits its keys, so the
+  /// two never nest. Policies still observe the heads one after another, on the calling thread. Costs one
+  /// weights buffer per kv head instead of one per layer.
+  bool parallel_heads = false;
   /// Query tokens from which a group's two products run as matrix products over tiles of keys (a prefill
   /// chunk: Eigen's register-blocked kernel) instead of the block products per query row (a decode step). Float
   /// and double storage; the two agree to rounding. Larger than any chunk: never.
@@ -60,6 +65,13 @@ struct AttentionOptions {
 
 /// Fewer keys than this per task cost more to hand to a thread than to attend (512 KiB of float K/V at 64).
 inline constexpr int kMinKeysPerSplit = 1024;
+
+/// The ranges of keys a group with `used` slots is split into: 1 (one serial pass) without key splits or a
+/// parallel_for, or with fewer than 2 x kMinKeysPerSplit keys.
+inline int key_ranges(std::ptrdiff_t used, const AttentionOptions& options) {
+  if (options.key_splits <= 1 || !options.parallel_for) return 1;
+  return int(std::clamp<std::ptrdiff_t>(used / kMinKeysPerSplit, 1, options.key_splits));
+}
 
 /// One GQA group's attention over a slot table: the reference kernel the cache runs.
 ///
@@ -188,8 +200,7 @@ void attend_group(const GroupAttention<Scalar, Stored>& a, const AttentionOption
   };
 
   // Ranges of whole blocks, one task each.
-  const bool can_split = options.key_splits > 1 && options.parallel_for && a.partial_out != nullptr;
-  const int splits = can_split ? int(std::clamp<std::ptrdiff_t>(used / kMinKeysPerSplit, 1, options.key_splits)) : 1;
+  const int splits = a.partial_out != nullptr ? key_ranges(used, options) : 1;
   const std::ptrdiff_t per_split = (used + splits - 1) / splits;
   const std::ptrdiff_t span = (per_split + block - 1) / block * block;
   auto run = [&](int n, auto&& task) {

@@ -130,7 +130,7 @@ class KVCache {
                           shape_.head_dim);
     key_row_.resize(shape_.head_dim);
     turn_.resize(std::size_t(shape_.head_dim));
-    probs_.resize(std::ptrdiff_t(options_.max_chunk) * group, widest);
+    probs_.resize(std::ptrdiff_t(weight_buffers()) * options_.max_chunk * group, widest);
     if (policy_traits<Policy>::needs_logits) logits_.resize(probs_.rows(), probs_.cols());
     query_pos_.resize(std::size_t(options_.max_chunk));
     n_seen_.assign(std::size_t(shape_.n_layers), 0);
@@ -260,22 +260,52 @@ class KVCache {
       if (options_.rope.enabled())
         for (int h = 0; h < shape_.n_q_heads; ++h) rotate_at(q.row(t).data() + std::ptrdiff_t(h) * d, first + t);
     }
-    Scalar* logits = policy_traits<Policy>::needs_logits ? logits_.data() : nullptr;
-    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
-      Evictor<Policy>& h = heads_[index(layer, kv)];
+    const bool heads_as_tasks = heads_run_as_tasks(layer);
+    // Head kv's weights: its own buffer when the heads run as tasks, else the one they take in turn.
+    const std::ptrdiff_t buffer = heads_as_tasks ? std::ptrdiff_t(options_.max_chunk) * group * probs_.cols() : 0;
+    auto probs = [&](int kv) { return probs_.data() + kv * buffer; };
+    auto logits = [&](int kv) { return policy_traits<Policy>::needs_logits ? logits_.data() + kv * buffer : nullptr; };
+    auto attend = [&](int kv) {
+      const Evictor<Policy>& h = heads_[index(layer, kv)];
       const std::ptrdiff_t head_offset = std::ptrdiff_t(kv) * group * d;
-      const auto g = GroupAttention<Scalar, Storage>{}
-                         .with_queries(q.data() + head_offset, queries_.outerStride(), query_pos_.data(), t_count)
-                         .with_cache(keys_[index(layer, kv)].data(), values_[index(layer, kv)].data(),
-                                     h.slots().positions(), h.context().capacity, h.slots().high_water())
-                         .with_heads(group, d)
-                         .with_weights(probs_.data(), logits)
-                         .with_output(out.data() + head_offset, out.outerStride())
-                         .with_split_scratch(partial_out_.size() > 0 ? partial_out_.data() : nullptr);
+      const auto g =
+          GroupAttention<Scalar, Storage>{}
+              .with_queries(q.data() + head_offset, queries_.outerStride(), query_pos_.data(), t_count)
+              .with_cache(keys_[index(layer, kv)].data(), values_[index(layer, kv)].data(), h.slots().positions(),
+                          h.context().capacity, h.slots().high_water())
+              .with_heads(group, d)
+              .with_weights(probs(kv), logits(kv))
+              .with_output(out.data() + head_offset, out.outerStride())
+              .with_split_scratch(partial_out_.size() > 0 && !heads_as_tasks ? partial_out_.data() : nullptr);
       attend_group(g, options_.attention, kv * group);
-      h.observe(AttentionView<Scalar>{probs_.data(), logits, options_.attention.scale_for(d), query_pos_.data(),
+    };
+    auto observe = [&](int kv) {
+      Evictor<Policy>& h = heads_[index(layer, kv)];
+      h.observe(AttentionView<Scalar>{probs(kv), logits(kv), options_.attention.scale_for(d), query_pos_.data(),
                                       t_count, group, h.view()});
+    };
+    if (heads_as_tasks) {
+      options_.attention.parallel_for(shape_.n_kv_heads, TaskRef(attend));
+      for (int kv = 0; kv < shape_.n_kv_heads; ++kv) observe(kv);
+    } else {
+      for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+        attend(kv);
+        observe(kv);
+      }
     }
+  }
+
+  // Weights buffers: one per kv head where the heads may run as tasks (AttentionOptions::parallel_heads).
+  int weight_buffers() const {
+    const AttentionOptions& a = options_.attention;
+    return a.parallel_heads && a.parallel_for && shape_.n_kv_heads > 1 ? shape_.n_kv_heads : 1;
+  }
+  bool heads_run_as_tasks(int layer) const {
+    if (weight_buffers() == 1) return false;
+    for (int kv = 0; kv < shape_.n_kv_heads; ++kv) {
+      if (key_ranges(heads_[index(layer, kv)].slots().high_water(), options_.attention) > 1) return false;
+    }
+    return true;
   }
 
   // Every eviction first (the only calls into the policy), then the kept keys that moved, once per step.
@@ -326,7 +356,7 @@ class KVCache {
       widest = std::max(widest, capacity);
     }
     const double bytes = 2.0 * rows * shape_.head_dim * sizeof(Storage) +
-                         double(options_.max_chunk) * shape_.group_size() * widest * sizeof(Scalar) *
+                         double(weight_buffers()) * options_.max_chunk * shape_.group_size() * widest * sizeof(Scalar) *
                              (policy_traits<Policy>::needs_logits ? 2 : 1);
     if (bytes > options_.max_bytes) {
       std::ostringstream expected, got;

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // The engine's speed on the real model, each figure from one run:
-//   decode     one sequence, one token per step after a 16-token prompt (tokens/s)
+//   decode     one sequence, one token per step after a 16-token prompt and 16 warm-up steps (tokens/s)
 //   prefill    512 tokens in chunks of 64 (tokens/s)
 //   batched    N sequences side by side, StreamingLLM caches at budget 256, one token each per step
 //              (sequence-tokens/s: what kvevict_eval does when it compares policies)
 //   recompute  sliding window with recompute against StreamingLLM alone, seconds per token at each budget
 //
 //   kvevict_speed --model M.gguf --text novel.txt [--threads 2] [--sequences 16] [--budgets 256,1024]
+//                 [--decode-steps 240]
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -45,6 +46,7 @@ constexpr const char* kUsage =
     "  --threads N           worker threads (default: the model's, one per core)\n"
     "  --sequences N         sequences side by side in the batched run, 1-1024 (default 16)\n"
     "  --budgets B[,B...]    budgets of the recompute runs, 1-8192 (default 256,1024)\n"
+    "  --decode-steps N      steps of the decode run, 1-4000 (default 240; more for a profile of decode)\n"
     "  -h, --help            this text\n";
 
 int usage(const std::string& why) {
@@ -70,7 +72,7 @@ int bounded(const std::string& v, int low, int high) {
 
 int main(int argc, char** argv) {
   std::string model_path, text_path;
-  int threads = 0, sequences = 16;
+  int threads = 0, sequences = 16, decode_steps = 240;
   std::vector<int> budgets{256, 1024};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -89,6 +91,8 @@ int main(int argc, char** argv) {
         threads = bounded(v, 1, 256);
       } else if (a == "--sequences") {
         sequences = bounded(v, 1, 1024);
+      } else if (a == "--decode-steps") {
+        decode_steps = bounded(v, 1, 4000);
       } else if (a == "--budgets") {
         budgets.clear();
         for (const auto& b : cli::split(v)) budgets.push_back(bounded(b, 1, 8192));
@@ -122,12 +126,11 @@ int main(int argc, char** argv) {
     std::printf("kvevict engine, %s products, %d threads\n", llama::quant::implementation(), model.threads());
 
     {  // decode
-      auto cache = model.make_cache<kvevict::Dense>(16 + 256 + 1, {}, 16);
+      auto cache = model.make_cache<kvevict::Dense>(32 + decode_steps, {}, 16);
       model.prefill(*cache, ids.data(), 16);
       decode(model, {cache.get()}, ids, 16, 16);  // warm-up
-      const int steps = 240;
-      const double s = decode(model, {cache.get()}, ids, 32, steps);
-      std::printf("decode:    %8.1f tokens/s (one sequence, dense cache)\n", steps / s);
+      const double s = decode(model, {cache.get()}, ids, 32, decode_steps);
+      std::printf("decode:    %8.1f tokens/s (one sequence, dense cache)\n", decode_steps / s);
     }
     {  // prefill
       auto cache = model.make_cache<kvevict::Dense>(512, {}, 64);

@@ -546,13 +546,14 @@ class Model {
     });
   }
 
-  // Rows per task. A batch's columns make each row work enough, and 32 rows keep every thread busy to the end.
-  // With a few columns (decode) a call finishes before its rows arrive from memory, and threads taking turns
-  // with 32-row blocks started every call on rows nobody had asked for yet: each product is then cut into about
-  // four tasks per thread, long runs of rows (decode 1.3-1.9x faster; docs/PERFORMANCE.md).
+  // Rows per task. A wide batch's columns make each row work enough, and 32 rows keep every thread busy to the
+  // end. With a few columns (decode, or sixteen sequences side by side) a call finishes before its rows arrive
+  // from memory, and threads taking turns with 32-row blocks started every call on rows nobody had asked for
+  // yet: each product is then cut into about four tasks per thread, long runs of rows (decode 1.3-1.9x faster,
+  // sixteen columns about 1.06x; docs/PERFORMANCE.md).
   Eigen::Index rows_per_task(Eigen::Index rows, Eigen::Index cols) const {
     constexpr Eigen::Index kBatchRows = 32;
-    if (cols > 4) return kBatchRows;
+    if (cols > 16) return kBatchRows;
     const Eigen::Index per_task = rows / (Eigen::Index(pool_->size()) * 4);
     return std::max(kBatchRows, (per_task + 15) / 16 * 16);
   }

@@ -73,6 +73,34 @@ INSTANTIATE_TEST_SUITE_P(AllKinds, NormalizeTest,
                          ::testing::Values(Normalization::softmax, Normalization::off_by_one,
                                            Normalization::sink_logit));
 
+// The one-pass exp, flush and sum that normalize takes gives the bits of the three passes it replaced, whatever the
+// row's length and alignment (a running sum rotated wrongly, or a chunk's exp taken through another path, would
+// move the last bits of the sum), in float and in double.
+template <class Scalar>
+void expect_one_pass_bits() {
+  std::mt19937 rng(5);
+  std::normal_distribution<Scalar> dist(Scalar(0), Scalar(6));
+  constexpr int kOffsets = 64 / int(sizeof(Scalar));
+  for (int n : {0, 1, 5, 15, 16, 17, 63, 64, 65, 127, 200, 1000, 4099}) {
+    std::vector<Scalar> logits(std::size_t(n) + kOffsets);
+    for (Scalar& v : logits) v = dist(rng) - (rng() % 7 == 0 ? Scalar(100) : Scalar(0));  // some flush to zero
+    for (int offset = 0; offset < kOffsets; ++offset) {
+      const Scalar* row = logits.data() + offset;
+      const Scalar m = n > 0 ? *std::max_element(row, row + n) : Scalar(0);
+      std::vector<Scalar> three(std::size_t(n) + 1), one(logits.begin(), logits.end());
+      kvevict::detail::exp_of_shifted(row, n, m, Scalar(1), three.data());
+      kvevict::detail::flush_denormals(three.data(), n);
+      const Scalar sum = kvevict::detail::sum_in_fixed_order(three.data(), n);
+      Scalar* in_place = one.data() + offset;
+      EXPECT_EQ(kvevict::detail::exp_flush_sum(in_place, n, m), sum) << "n " << n << ", offset " << offset;
+      EXPECT_TRUE(std::equal(in_place, in_place + n, three.begin())) << "n " << n << ", offset " << offset;
+    }
+  }
+}
+
+TEST(Normalize, OnePassHasTheBitsOfThreeFloat) { expect_one_pass_bits<float>(); }
+TEST(Normalize, OnePassHasTheBitsOfThreeDouble) { expect_one_pass_bits<double>(); }
+
 TEST(Normalize, SoftmaxSumsToOneAndOffByOneToLess) {
   std::vector<float> a{0.5f, -1.0f, 2.0f}, b = a;
   kvevict::normalize(a.data(), 3, Normalization::softmax);

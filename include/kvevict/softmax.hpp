@@ -45,21 +45,6 @@ void exp_of_shifted(const Scalar* x, std::ptrdiff_t n, Scalar m, Scalar gain, Ou
   }
 }
 
-/// x[i] = exp(gain (x[i] - m)) in place, with the same bits as exp_of_shifted(x, n, m, gain, x): the elements
-/// from the first 64-byte aligned one on, in whole 64-byte packets, through an aligned map, which takes them
-/// all through the vectorised exp without a copy; the few before and after through the stack.
-template <class Scalar>
-void exp_of_shifted(Scalar* x, std::ptrdiff_t n, Scalar m, Scalar gain) {
-  constexpr std::ptrdiff_t kBytes = 64, kPacket = kBytes / std::ptrdiff_t(sizeof(Scalar));
-  const auto misaligned = std::ptrdiff_t(reinterpret_cast<std::uintptr_t>(x) % kBytes);
-  const std::ptrdiff_t head = std::min(n, misaligned == 0 ? 0 : (kBytes - misaligned) / std::ptrdiff_t(sizeof(Scalar)));
-  const std::ptrdiff_t whole = (n - head) / kPacket * kPacket;
-  exp_of_shifted(x, head, m, gain, x);
-  Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>, Eigen::Aligned64> middle(x + head, whole);
-  middle = ((middle - m) * gain).exp();
-  exp_of_shifted(x + head + whole, n - head - whole, m, gain, x + head + whole);
-}
-
 /// The sum of x[0, n) in an order set by n alone: 64 running sums (four vectors of them, so that the adds do
 /// not wait on one another), then a halving tree over them. Eigen's vectorised sum starts its packets at the
 /// first aligned element, so its bits depend on where x lies.
@@ -74,6 +59,45 @@ Scalar sum_in_fixed_order(const Scalar* x, std::ptrdiff_t n) {
   for (std::ptrdiff_t half = kLanes / 2; half > 0; half /= 2)
     for (std::ptrdiff_t l = 0; l < half; ++l) lanes[l] += lanes[l + half];
   return lanes[0];
+}
+
+/// x[i] = exp(x[i] - m), flushed as flush_denormals does, and their sum: the bits of exp_of_shifted(x, n, m, 1, x),
+/// flush_denormals(x, n) and sum_in_fixed_order(x, n) in one pass over x instead of three. Element i goes into
+/// running sum i mod 64 whatever the alignment: the aligned chunks of 64 start `head` elements in, so they
+/// add into the running sums rotated by `head`.
+template <class Scalar>
+Scalar exp_flush_sum(Scalar* x, std::ptrdiff_t n, Scalar m) {
+  constexpr std::ptrdiff_t kLanes = 64, kBytes = 64, kPacket = kBytes / std::ptrdiff_t(sizeof(Scalar));
+  constexpr Scalar tiny = std::numeric_limits<Scalar>::min();
+  const auto misaligned = std::ptrdiff_t(reinterpret_cast<std::uintptr_t>(x) % kBytes);
+  const std::ptrdiff_t head = std::min(n, misaligned == 0 ? 0 : (kBytes - misaligned) / std::ptrdiff_t(sizeof(Scalar)));
+  exp_of_shifted(x, head, m, Scalar(1), x);
+  flush_denormals(x, head);
+  alignas(64) Scalar rotated[kLanes] = {};  // rotated[k]: running sum (head + k) mod 64
+  for (std::ptrdiff_t k = kLanes - head; k < kLanes; ++k) rotated[k] = x[k - (kLanes - head)];
+  auto add = [&](Scalar* chunk, std::ptrdiff_t len) {
+    for (std::ptrdiff_t k = 0; k < len; ++k) {
+      const Scalar v = chunk[k] < tiny ? Scalar(0) : chunk[k];
+      chunk[k] = v;
+      rotated[k] += v;
+    }
+  };
+  std::ptrdiff_t i = head;
+  for (; i + kLanes <= n; i += kLanes) {
+    Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>, Eigen::Aligned64> chunk(x + i, kLanes);
+    chunk = (chunk - m).exp();
+    add(x + i, kLanes);
+  }
+  const std::ptrdiff_t whole = (n - i) / kPacket * kPacket;
+  Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>, Eigen::Aligned64> packets(x + i, whole);
+  packets = (packets - m).exp();
+  exp_of_shifted(x + i + whole, n - i - whole, m, Scalar(1), x + i + whole);
+  add(x + i, n - i);
+  // The halving tree adds lane l to lane l + half, which a rotation maps onto a rotated pair, and a + b is b + a:
+  // over the rotated sums it gives the bits it gives over the sums in place.
+  for (std::ptrdiff_t half = kLanes / 2; half > 0; half /= 2)
+    for (std::ptrdiff_t l = 0; l < half; ++l) rotated[l] += rotated[l + half];
+  return rotated[0];
 }
 }  // namespace detail
 
@@ -94,9 +118,7 @@ void normalize(Scalar* x, int n, Normalization kind, Scalar sink = Scalar(0)) {
     row.setZero();
     return;
   }
-  detail::exp_of_shifted(x, n, m, Scalar(1));
-  detail::flush_denormals(x, n);
-  const Scalar sum = detail::sum_in_fixed_order(x, n) + (has_sink ? std::exp(sink - m) : Scalar(0));
+  const Scalar sum = detail::exp_flush_sum(x, n, m) + (has_sink ? std::exp(sink - m) : Scalar(0));
   row *= Scalar(1) / sum;
 }
 

@@ -68,19 +68,15 @@ Scalar sum_in_fixed_order(const Scalar* x, std::ptrdiff_t n) {
 template <class Scalar>
 Scalar exp_flush_sum(Scalar* x, std::ptrdiff_t n, Scalar m) {
   constexpr std::ptrdiff_t kLanes = 64, kBytes = 64, kPacket = kBytes / std::ptrdiff_t(sizeof(Scalar));
-  constexpr Scalar tiny = std::numeric_limits<Scalar>::min();
   const auto misaligned = std::ptrdiff_t(reinterpret_cast<std::uintptr_t>(x) % kBytes);
   const std::ptrdiff_t head = std::min(n, misaligned == 0 ? 0 : (kBytes - misaligned) / std::ptrdiff_t(sizeof(Scalar)));
   exp_of_shifted(x, head, m, Scalar(1), x);
   flush_denormals(x, head);
   alignas(64) Scalar rotated[kLanes] = {};  // rotated[k]: running sum (head + k) mod 64
   for (std::ptrdiff_t k = kLanes - head; k < kLanes; ++k) rotated[k] = x[k - (kLanes - head)];
-  auto add = [&](Scalar* chunk, std::ptrdiff_t len) {
-    for (std::ptrdiff_t k = 0; k < len; ++k) {
-      const Scalar v = chunk[k] < tiny ? Scalar(0) : chunk[k];
-      chunk[k] = v;
-      rotated[k] += v;
-    }
+  auto add = [&](Scalar* chunk, std::ptrdiff_t len) {  // while the chunk is still in L1
+    flush_denormals(chunk, len);
+    for (std::ptrdiff_t k = 0; k < len; ++k) rotated[k] += chunk[k];
   };
   std::ptrdiff_t i = head;
   for (; i + kLanes <= n; i += kLanes) {

@@ -80,8 +80,8 @@ inline int key_ranges(std::ptrdiff_t used, const AttentionOptions& options) {
 /// (causal). Three passes: logits from K, normalisation in place, weighted sum over V. K and V are walked in
 /// blocks of rows that every query row of the group uses while the block is in cache, so each is read from
 /// memory once per group, not once per query head. Allocates nothing. Each block's two products are
-/// detail/block_products.hpp's: query rows in pairs with AVX-512, 16-bit rows in fours with AVX2, Eigen's
-/// matrix-vector products elsewhere.
+/// detail/block_products.hpp's: query rows in pairs (float) or fours (16-bit) with AVX-512, in fours with AVX2,
+/// Eigen's matrix-vector products elsewhere.
 ///
 /// Many queries at once (options.product_queries, a prefill chunk) in float or double: both products are
 /// matrix products per query head over tiles of at most 64 queries and 128 keys, whose packed operands stay

@@ -16,16 +16,15 @@
 /// for bfloat16), so that a 16-bit cache is read at two bytes a value and never widened into a float copy.
 /// With AVX-512 they go through the scheme above with query rows in fours where the group has four (a
 /// converted row then serves four rows' FMAs: four keys per row in the logits' accumulators, the weighted sums
-/// in strips of columns), the same bits as float rows holding the same values. With AVX2 and FMA (and with
-/// AVX-512 past the head_dims it takes: weighted sums past 128, logits past 256) they go through the same
-/// scheme at eight lanes: query rows in fours, eight accumulators (eight keys for one query row, four for each
-/// of two, two for each of four), the logits stored straight from the register, and the weighted sums in
-/// strips of columns whose sums fit in eight registers.
+/// in strips of columns), the same bits as float rows holding the same values.
 ///
-/// Float rows on AVX2 take Eigen's matrix-vector products: the eight-lane scheme beat them by 1.1-1.5x at
-/// head_dim 64 in cache but lost by up to 1.6x at head_dim 128 with 16K tokens (bench_attention). Elsewhere
-/// (double, head_dim not a multiple of 16 or 8, no AVX2), Eigen's matrix-vector products: the portable path,
-/// built and tested where -march reaches neither.
+/// With AVX2 and FMA (and with AVX-512 past the head_dims it takes: weighted sums past 128, logits past 256),
+/// float and 16-bit rows alike go through the same scheme at eight lanes: query rows in fours, eight
+/// accumulators (eight keys for one query row, four for each of two, two for each of four), the logits stored
+/// straight from the register, and the weighted sums in strips of columns whose sums fit in eight registers;
+/// again the same bits for float and 16-bit rows holding the same values. Elsewhere (double, head_dim not a
+/// multiple of 16 or 8, no AVX2), Eigen's matrix-vector products: the portable path, built and tested where
+/// -march reaches neither.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -84,6 +83,21 @@ void in_fours(int rows, Query& query, Out& out, F&& f) {
 template <class Array>
 inline constexpr std::size_t count_of = std::extent_v<std::remove_reference_t<Array>>;
 
+/// Keeps a row of floats in a register once loaded. GCC and Clang otherwise fold the load into every FMA that
+/// uses the row, so a row meant to serve two query rows' FMAs is loaded once per FMA, and the loads, not the
+/// FMAs, set the pace. An empty asm statement that may change the row makes them load it once. (A 16-bit row
+/// is converted into a register anyway; pinning it measured no faster.)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+template <class Stored, class Vector>
+inline void in_register(Vector& row) {
+#if defined(__GNUC__)
+  if constexpr (std::is_same_v<Stored, float>) __asm__("" : "+v"(row));
+#else
+  static_cast<void>(row);
+#endif
+}
+#endif
+
 #if defined(__AVX512F__)
 // The shuffles through their masked forms with every lane kept: GCC 12's unmasked forms pass an undefined
 // vector that -Wuninitialized reports once inlined.
@@ -107,19 +121,6 @@ inline __m512 load16(const Eigen::half* p) {
 inline __m512 load16(const Eigen::bfloat16* p) {
   const __m512i wide = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
-}
-
-/// Keeps a row of floats in a register once loaded. GCC and Clang otherwise fold the load into every FMA that
-/// uses the row, so a row meant to serve two query rows' FMAs is loaded once per FMA, and the loads, not the
-/// FMAs, set the pace. An empty asm statement that may change the row makes them load it once. (A 16-bit row
-/// is converted into a register anyway; pinning it measured no faster.)
-template <class Stored>
-inline void in_register(__m512& row) {
-#if defined(__GNUC__)
-  if constexpr (std::is_same_v<Stored, float>) __asm__("" : "+v"(row));
-#else
-  static_cast<void>(row);
-#endif
 }
 
 /// Lane k of the result is the sum of the 16 lanes of v[k].
@@ -263,7 +264,8 @@ void weighted_sums_avx512(const Stored* values, std::ptrdiff_t nb, const float* 
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__)
-/// Eight stored 16-bit K or V values as floats, converted in registers.
+/// Eight stored K or V values as floats, 16-bit ones converted in registers.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const Eigen::bfloat16* p) {  // a bfloat16 is the top half of a float
   const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
@@ -296,7 +298,8 @@ inline __m256 dots_avx2(const Stored* k, std::ptrdiff_t d, const float* const (&
     KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) qc[r] = _mm256_loadu_ps(q[r] + c);
     KVEVICT_UNROLLED for (int i = 0; i < kKeys; ++i) {
       if (kPartial && i >= count) continue;
-      const __m256 kc = load8(k + i * d + c);
+      __m256 kc = load8(k + i * d + c);
+      in_register<Stored>(kc);
       KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) {
         acc[int(r) * kKeys + i] = _mm256_fmadd_ps(kc, qc[r], acc[int(r) * kKeys + i]);
       }
@@ -356,7 +359,8 @@ void weighted_strip_avx2(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t
     KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) w[r] = _mm256_broadcast_ss(p[r] + j);
     const Stored* v = values + j * d + c0;
     KVEVICT_UNROLLED for (std::size_t c = 0; c < kChunks; ++c) {
-      const __m256 vc = load8(v + 8 * c);
+      __m256 vc = load8(v + 8 * c);
+      in_register<Stored>(vc);
       KVEVICT_UNROLLED for (std::size_t r = 0; r < kRows; ++r) sum[r][c] = _mm256_fmadd_ps(w[r], vc, sum[r][c]);
     }
   }
@@ -383,12 +387,12 @@ void weighted_sums_avx2(const Stored* values, std::ptrdiff_t nb, std::ptrdiff_t 
 #define KVEVICT_AVX2_PRODUCTS 1
 #endif
 
-/// Whether the AVX2 products convert rows stored as `Stored` (16-bit) eight values at a time: bfloat16 by a
-/// shift, half only with F16C.
+/// Whether the AVX2 products take rows stored as `Stored` eight values at a time: float, bfloat16 (converted by
+/// a shift), and half only with F16C.
 template <class Stored>
 inline constexpr bool eight_lane_rows =
 #if defined(KVEVICT_AVX2_PRODUCTS)
-    std::is_same_v<Stored, Eigen::bfloat16>
+    std::is_same_v<Stored, float> || std::is_same_v<Stored, Eigen::bfloat16>
 #if defined(__F16C__)
     || std::is_same_v<Stored, Eigen::half>
 #endif

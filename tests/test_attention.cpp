@@ -407,8 +407,8 @@ TEST(ChunkProducts, DoubleAgreeWithTheRowKernel) { expect_products_agree_with_ro
 }  // namespace
 
 namespace {
-// The decode step's block products (float rows sixteen keys at once with AVX-512, 16-bit rows eight at once
-// with AVX2, where the build targets them; Eigen's elsewhere) against sums in double, over block lengths around the key
+// The decode step's block products (float and 16-bit rows sixteen lanes at once with AVX-512, eight with AVX2,
+// where the build targets them; Eigen's elsewhere) against sums in double, over block lengths around the key
 // groups and head dims on and off the vector chunks; 16-bit rows where the products read them as stored. Tolerance: a
 // float sum of d products rounds by at most about d eps of the sum of the products' magnitudes; 4 x that.
 template <class Stored>
@@ -495,3 +495,49 @@ TEST(BlockProducts, FloatMatchDoubleSums) { expect_block_products_match_double_s
 TEST(BlockProducts, DoubleMatchDoubleSums) { expect_block_products_match_double_sums<double>(); }
 TEST(BlockProducts, HalfRowsMatchDoubleSums) { expect_block_products_match_double_sums<Eigen::half>(); }
 TEST(BlockProducts, Bfloat16RowsMatchDoubleSums) { expect_block_products_match_double_sums<Eigen::bfloat16>(); }
+
+namespace {
+// 16-bit rows are converted to float exactly and then take the float rows' arithmetic (the same tiles' sums, in
+// the same order, whether converted in registers or widened first), so a 16-bit cache's logits and weighted sums
+// are the same bits as a float cache's holding the same values: on every path, with 1-7 query rows.
+template <class Stored>
+void expect_sixteen_bit_rows_give_the_bits_of_float_rows() {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int d : {8, 16, 64, 128}) {
+    if (!kvevict::detail::reads_stored_rows<Stored>(d)) continue;  // widened first: the float path itself
+    for (int nb : {1, 7, 16, 33}) {
+      constexpr int kRows = 7;
+      const auto size = [](int a, int b) { return static_cast<std::size_t>(a * b); };
+      std::vector<Stored> stored(size(nb, d));
+      std::vector<float> widened(stored.size()), q(size(kRows, d)), p(size(kRows, nb));
+      for (std::size_t i = 0; i < stored.size(); ++i) widened[i] = float(stored[i] = Stored(dist(rng)));
+      for (auto& x : q) x = dist(rng);
+      for (auto& x : p) x = std::abs(dist(rng));
+      std::vector<float> logits16(size(kRows, nb)), logits32(logits16.size());
+      std::vector<float> sums16(size(kRows, d), 0.5f), sums32 = sums16;
+      const auto query = [&](int r) { return q.data() + r * d; };
+      const auto weights = [&](int r) { return p.data() + r * nb; };
+      kvevict::detail::block_logits(stored.data(), nb, d, kRows, query, 0.125f,
+                                    [&](int r) { return logits16.data() + r * nb; });
+      kvevict::detail::block_logits(widened.data(), nb, d, kRows, query, 0.125f,
+                                    [&](int r) { return logits32.data() + r * nb; });
+      kvevict::detail::block_weighted_sums(stored.data(), nb, d, kRows, weights,
+                                           [&](int r) { return sums16.data() + r * d; });
+      kvevict::detail::block_weighted_sums(widened.data(), nb, d, kRows, weights,
+                                           [&](int r) { return sums32.data() + r * d; });
+      EXPECT_EQ(std::memcmp(logits16.data(), logits32.data(), logits16.size() * sizeof(float)), 0)
+          << "logits, head_dim " << d << ", " << nb << " keys";
+      EXPECT_EQ(std::memcmp(sums16.data(), sums32.data(), sums16.size() * sizeof(float)), 0)
+          << "weighted sums, head_dim " << d << ", " << nb << " keys";
+    }
+  }
+}
+}  // namespace
+
+TEST(BlockProducts, HalfRowsGiveTheBitsOfFloatRows) {
+  expect_sixteen_bit_rows_give_the_bits_of_float_rows<Eigen::half>();
+}
+TEST(BlockProducts, Bfloat16RowsGiveTheBitsOfFloatRows) {
+  expect_sixteen_bit_rows_give_the_bits_of_float_rows<Eigen::bfloat16>();
+}

@@ -84,7 +84,7 @@ template <class Array>
 inline constexpr std::size_t count_of = std::extent_v<std::remove_reference_t<Array>>;
 
 /// Keeps a row of floats in a register once loaded. GCC and Clang otherwise fold the load into every FMA that
-/// uses the row, so a row meant to serve two query rows' FMAs is loaded once per FMA, and the loads, not the
+/// uses the row, so a row meant to serve several query rows' FMAs is loaded once per FMA, and the loads, not the
 /// FMAs, set the pace. An empty asm statement that may change the row makes them load it once. (A 16-bit row
 /// is converted into a register anyway; pinning it measured no faster.)
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))

@@ -45,20 +45,28 @@ void exp_of_shifted(const Scalar* x, std::ptrdiff_t n, Scalar m, Scalar gain, Ou
   }
 }
 
+/// The running sums of sum_in_fixed_order and exp_flush_sum.
+inline constexpr std::ptrdiff_t kRunningSums = 64;
+
+/// The total of the running sums by a halving tree (lane l + half into lane l), in place.
+template <class Scalar>
+Scalar halving_tree(Scalar (&lanes)[kRunningSums]) {
+  for (std::ptrdiff_t half = kRunningSums / 2; half > 0; half /= 2)
+    for (std::ptrdiff_t l = 0; l < half; ++l) lanes[l] += lanes[l + half];
+  return lanes[0];
+}
+
 /// The sum of x[0, n) in an order set by n alone: 64 running sums (four vectors of them, so that the adds do
 /// not wait on one another), then a halving tree over them. Eigen's vectorised sum starts its packets at the
 /// first aligned element, so its bits depend on where x lies.
 template <class Scalar>
 Scalar sum_in_fixed_order(const Scalar* x, std::ptrdiff_t n) {
-  constexpr std::ptrdiff_t kLanes = 64;
-  Scalar lanes[kLanes] = {};
+  Scalar lanes[kRunningSums] = {};
   std::ptrdiff_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (std::ptrdiff_t l = 0; l < kLanes; ++l) lanes[l] += x[i + l];
+  for (; i + kRunningSums <= n; i += kRunningSums)
+    for (std::ptrdiff_t l = 0; l < kRunningSums; ++l) lanes[l] += x[i + l];
   for (std::ptrdiff_t l = 0; i < n; ++i, ++l) lanes[l] += x[i];
-  for (std::ptrdiff_t half = kLanes / 2; half > 0; half /= 2)
-    for (std::ptrdiff_t l = 0; l < half; ++l) lanes[l] += lanes[l + half];
-  return lanes[0];
+  return halving_tree(lanes);
 }
 
 /// x[i] = exp(x[i] - m), flushed as flush_denormals does, and their sum: the bits of exp_of_shifted(x, n, m, 1, x),
@@ -67,22 +75,22 @@ Scalar sum_in_fixed_order(const Scalar* x, std::ptrdiff_t n) {
 /// add into the running sums rotated by `head`.
 template <class Scalar>
 Scalar exp_flush_sum(Scalar* x, std::ptrdiff_t n, Scalar m) {
-  constexpr std::ptrdiff_t kLanes = 64, kBytes = 64, kPacket = kBytes / std::ptrdiff_t(sizeof(Scalar));
+  constexpr std::ptrdiff_t kBytes = 64, kPacket = kBytes / std::ptrdiff_t(sizeof(Scalar));
   const auto misaligned = std::ptrdiff_t(reinterpret_cast<std::uintptr_t>(x) % kBytes);
   const std::ptrdiff_t head = std::min(n, misaligned == 0 ? 0 : (kBytes - misaligned) / std::ptrdiff_t(sizeof(Scalar)));
   exp_of_shifted(x, head, m, Scalar(1), x);
   flush_denormals(x, head);
-  alignas(64) Scalar rotated[kLanes] = {};  // rotated[k]: running sum (head + k) mod 64
-  for (std::ptrdiff_t k = kLanes - head; k < kLanes; ++k) rotated[k] = x[k - (kLanes - head)];
+  alignas(64) Scalar rotated[kRunningSums] = {};  // rotated[k]: running sum (head + k) mod 64
+  for (std::ptrdiff_t k = kRunningSums - head; k < kRunningSums; ++k) rotated[k] = x[k - (kRunningSums - head)];
   auto add = [&](Scalar* chunk, std::ptrdiff_t len) {  // while the chunk is still in L1
     flush_denormals(chunk, len);
     for (std::ptrdiff_t k = 0; k < len; ++k) rotated[k] += chunk[k];
   };
   std::ptrdiff_t i = head;
-  for (; i + kLanes <= n; i += kLanes) {
-    Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>, Eigen::Aligned64> chunk(x + i, kLanes);
+  for (; i + kRunningSums <= n; i += kRunningSums) {
+    Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>, Eigen::Aligned64> chunk(x + i, kRunningSums);
     chunk = (chunk - m).exp();
-    add(x + i, kLanes);
+    add(x + i, kRunningSums);
   }
   const std::ptrdiff_t whole = (n - i) / kPacket * kPacket;
   Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>, Eigen::Aligned64> packets(x + i, whole);
@@ -91,9 +99,7 @@ Scalar exp_flush_sum(Scalar* x, std::ptrdiff_t n, Scalar m) {
   add(x + i, n - i);
   // The halving tree adds lane l to lane l + half, which a rotation maps onto a rotated pair, and a + b is b + a:
   // over the rotated sums it gives the bits it gives over the sums in place.
-  for (std::ptrdiff_t half = kLanes / 2; half > 0; half /= 2)
-    for (std::ptrdiff_t l = 0; l < half; ++l) rotated[l] += rotated[l + half];
-  return rotated[0];
+  return halving_tree(rotated);
 }
 }  // namespace detail
 

@@ -5,10 +5,14 @@ set -euo pipefail
 venv="$1/venv"
 shift
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
+no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 for pkg in "$@"; do
   module=${pkg//-/_}
   [ "$module" = llama_cpp_python ] && module=llama_cpp
+  # llama.cpp is built for this CPU but without its AMX matrix path, which crashes on Xeons that have AMX
+  # (a tile configuration the compiler drops; llama.cpp issue 20824): the engine it is set beside has no AMX.
   "$venv/bin/python" -c "import $module" 2>/dev/null ||
-    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$venv/bin/pip" install --quiet "$pkg" >&2
+    CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      "$venv/bin/pip" install --quiet --no-cache-dir "$pkg" >&2
 done
 echo "$venv/bin/python"

@@ -110,12 +110,12 @@ TEST(HeadCompression, RepairNeverIncreasesTheCalibrationErrorItMinimises) {
   }
 }
 
-// The curve's cheapest point: one layer merged, layer 22, which kvevict_merge ranked cheapest by SVD (calibrated
-// on 4096 tokens of Emma; docs/RESULTS.md section 5) with the float engine and third with the quantised one.
-// There its cost alone on the calibration text was -0.2% (now +0.15%, behind layer 28 at -0.02% and layer 6 at
-// +0.12%), where the 30 layers' costs alone spread from -0.2% to +11.4% (now to +11.5%, median +2.4%, now
-// +2.7%), and five layers merged cost 3.5-6%. Measured here: see the
-// printout (Pride and Prejudice +1.22%, Northanger Abbey +0.39%). Bound: 2% per text, below the median layer's
+// The curve's cheapest point: one layer merged, layer 22, which kvevict_merge ranks cheapest by SVD (calibrated
+// on 4096 tokens of Emma; docs/RESULTS.md section 5), as it did with the float engine (an engine between the two
+// ranked it third, 0.17% behind the first). Its cost alone on the calibration text is +0.03% (-0.2% with the
+// float engine), where the 30 layers' costs alone spread to +10.8% (median +2.6%), and five layers merged cost
+// 3.7-6.3%. Measured here: see the
+// printout (Pride and Prejudice +0.92%, Northanger Abbey +0.37%). Bound: 2% per text, below the median layer's
 // cost, so a merge that kept the wrong directions or landed in another layer would exceed it.
 TEST(HeadCompression, TheCheapestPointOfTheCurveCostsLittle) {
   const auto& c = calibrated();

@@ -5,7 +5,8 @@ set -euo pipefail
 venv="$1/venv"
 shift
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
-no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+no_amx=""  # x86 compilers only know these flags
+[ "$(uname -m)" = x86_64 ] && no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 for pkg in "$@"; do
   module=${pkg//-/_}
   [ "$module" = llama_cpp_python ] && module=llama_cpp
